@@ -1,0 +1,30 @@
+# Handoff — run `make help` for the targets.
+.DEFAULT_GOAL := help
+SHELL := bash
+
+.PHONY: help run test lint fmt services bench build
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+services: ## Start RabbitMQ and Redis if they are down (installs them with apt as root)
+	@deploy/ensure-services.sh
+
+build: ## Build every service (release)
+	cargo build --release --bins
+
+run: services ## Start everything locally, send a demo event, stay up until Ctrl-C
+	@deploy/run.sh
+
+test: services ## Lint, then the unit and integration suites against the real broker and Redis
+	@deploy/test.sh
+
+lint: ## rustfmt check and clippy with warnings as errors
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+bench: services ## Throughput and latency of ingest beside the bare broker (prints figures, never fails on time)
+	cargo run --release -p handoff-bench

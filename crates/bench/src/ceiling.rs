@@ -1,0 +1,275 @@
+//! The bare-broker ceiling: what RabbitMQ alone takes on this machine with a
+//! plain lapin publisher, as a yardstick for ingest.
+//!
+//! The comparison is kept fair on every axis that costs the broker work:
+//! the topology is the one `Bus::start` declares for `Topology::v1` (same
+//! exchange, bindings and quorum-queue arguments as ingest's), messages are
+//! encoded [`Envelope`](handoff_events::v1::Envelope)s of the seed event with
+//! the properties ingest sets, persistent, mandatory, each awaited for its
+//! publisher confirm, with the same number in flight as the HTTP clients,
+//! spread over as many confirm channels as ingest's bus opens by default.
+//! What is left out is exactly what ingest adds: HTTP, JSON checks, Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use handoff_bus::{Bus, BusConfig, Topology};
+use handoff_events::PROTOBUF_CONTENT_TYPE;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+use crate::measure::{Failures, Latencies, Measured};
+use crate::options::Options;
+use crate::payload;
+use crate::procs::Watched;
+
+/// What the ceiling scenario found.
+#[derive(Debug)]
+pub struct Ceiling {
+    pub measured: Measured,
+    /// Size of one encoded envelope (the AMQP body), in bytes.
+    pub envelope_bytes: usize,
+    /// Messages the queue held at the end, against the confirmed publishes.
+    pub queued: u32,
+    pub confirmed: u64,
+    /// Confirm-mode channels the publishes were spread over.
+    pub channels: usize,
+}
+
+/// Runs the ceiling in a namespace of its own, removed afterwards whatever happens.
+pub async fn run(
+    opts: &Options,
+    run_id: &str,
+    watched: &Watched,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<Ceiling> {
+    let namespace = format!("bench-{run_id}-broker");
+    let stop = CancellationToken::new();
+    let bus = Bus::start(
+        BusConfig {
+            url: handoff_test_support::amqp_url(),
+            ..BusConfig::default()
+        },
+        Topology::v1(&namespace),
+        stop.clone(),
+    );
+    let result = measure(opts, run_id, watched, &bus, interrupted).await;
+    if let Err(err) = bus.teardown().await {
+        eprintln!("handoff-bench: could not remove namespace {namespace}: {err}");
+    }
+    bus.close().await;
+    stop.cancel();
+    result
+}
+
+async fn measure(
+    opts: &Options,
+    run_id: &str,
+    watched: &Watched,
+    bus: &Bus,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<Ceiling> {
+    bus.wait_ready(Duration::from_secs(30))
+        .await
+        .context("declaring the ceiling's topology on RabbitMQ")?;
+    let target = Target {
+        exchange: bus.topology().events_exchange().to_string(),
+        routing_key: payload::EVENT_TYPE.raw_routing_key(),
+    };
+    let queue = bus.topology().stage_queue("normalizer");
+
+    let connection = Connection::connect(
+        &handoff_test_support::amqp_url(),
+        ConnectionProperties::default(),
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
+    // As many confirm channels as ingest's bus opens (`bus.publish_channels`): the broker
+    // runs one process per channel, so this decides how much of it can work in parallel.
+    let channel_count = usize::from(BusConfig::default().publish_channels.max(1));
+    let mut channels = Vec::with_capacity(channel_count);
+    for _ in 0..channel_count {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        channels.push(channel);
+    }
+
+    let message = |tag: char, i: usize| {
+        let id = payload::event_id(run_id, tag, i);
+        let body = payload::envelope(&id);
+        (id, body)
+    };
+    let warmup: Vec<(String, Vec<u8>)> = (0..opts.warmup).map(|i| message('c', i)).collect();
+    let messages: Vec<(String, Vec<u8>)> = (0..opts.events).map(|i| message('C', i)).collect();
+    let envelope_bytes = messages.first().map_or(0, |(_, body)| body.len());
+
+    let far = Duration::from_secs(3600);
+    let warm_plan = Plan {
+        concurrency: opts.concurrency,
+        within: far,
+        stop: interrupted,
+    };
+    let warm = publish_all(&channels, &target, warmup, &warm_plan).await?;
+    let plan = Plan {
+        within: opts.max_duration,
+        ..warm_plan
+    };
+    let before = watched.sample();
+    let (latencies, failures) = publish_all(&channels, &target, messages, &plan).await?;
+    let cpu = before.until(&watched.sample());
+    if interrupted.is_cancelled() {
+        bail!("interrupted");
+    }
+
+    let confirmed = (warm.0.len() + latencies.len()) as u64;
+    let queued = bus
+        .message_count(&queue)
+        .await
+        .context("counting the ceiling queue")?;
+    let _ = connection.close(200, "bench done".into()).await;
+    Ok(Ceiling {
+        measured: Measured {
+            concurrency: opts.concurrency,
+            events: latencies.len() as u64,
+            failed_events: failures.events + warm.1.events,
+            errors: failures.messages,
+            latencies,
+            cpu,
+        },
+        envelope_bytes,
+        queued,
+        confirmed,
+        channels: channel_count,
+    })
+}
+
+struct Target {
+    exchange: String,
+    routing_key: String,
+}
+
+struct Plan<'a> {
+    concurrency: usize,
+    within: Duration,
+    stop: &'a CancellationToken,
+}
+
+/// Publishes `messages` with `concurrency` publishes awaiting their confirm at any time,
+/// workers spread evenly over `channels`, until all are confirmed or `within` has passed.
+async fn publish_all(
+    channels: &[Channel],
+    target: &Target,
+    messages: Vec<(String, Vec<u8>)>,
+    plan: &Plan<'_>,
+) -> anyhow::Result<(Latencies, Failures)> {
+    let concurrency = plan.concurrency;
+    let messages = Arc::new(messages);
+    let next = Arc::new(AtomicUsize::new(0));
+    let exchange: lapin::types::ShortString = target.exchange.as_str().into();
+    let routing_key: lapin::types::ShortString = target.routing_key.as_str().into();
+    let deadline = Instant::now() + plan.within;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let channel = channels[w % channels.len()].clone();
+            let (messages, next, stop) = (messages.clone(), next.clone(), plan.stop.clone());
+            let (exchange, routing_key) = (exchange.clone(), routing_key.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut failures = Failures::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= messages.len() || Instant::now() >= deadline || stop.is_cancelled() {
+                        break;
+                    }
+                    let (id, body) = &messages[i];
+                    let started = Instant::now();
+                    match publish(&channel, &exchange, &routing_key, i, id, body).await {
+                        Ok(()) => latencies.push(started.elapsed()),
+                        Err(err) => failures.add(1, || format!("publish {id}: {err:#}")),
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(concurrency);
+    let mut failures = Vec::with_capacity(concurrency);
+    for worker in workers {
+        let (l, f) = worker.await.context("a publisher task panicked")?;
+        latencies.push(l);
+        failures.push(f);
+    }
+    Ok((Latencies::merge(latencies), Failures::merge(failures)))
+}
+
+/// One persistent, mandatory publish, awaited until the broker confirms it.
+async fn publish(
+    channel: &Channel,
+    exchange: &lapin::types::ShortString,
+    routing_key: &lapin::types::ShortString,
+    seq: usize,
+    event_id: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    // The properties and headers ingest's bus sets, so each message costs the broker the same.
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-handoff-publish-seq".into(),
+        AMQPValue::LongLongInt(i64::try_from(seq).unwrap_or(i64::MAX)),
+    );
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .as_bytes()
+                .into(),
+        ),
+    );
+    let properties = BasicProperties::default()
+        // 2 = persistent: written to the quorum log before the confirm, as ingest's are.
+        .with_delivery_mode(2)
+        .with_timestamp(now_unix())
+        .with_content_type(PROTOBUF_CONTENT_TYPE.into())
+        .with_message_id(event_id.into())
+        .with_type("handoff.v1.Envelope".into())
+        .with_headers(headers);
+    let confirm = channel
+        .basic_publish(
+            exchange.clone(),
+            routing_key.clone(),
+            // Mandatory, like ingest: an unroutable event must come back, not vanish.
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .context("sending")?
+        .await
+        .context("waiting for the confirm")?;
+    if confirm.is_nack() {
+        bail!("the broker nacked the message");
+    }
+    if confirm.take_message().is_some() {
+        bail!("the message was unroutable (returned)");
+    }
+    Ok(())
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

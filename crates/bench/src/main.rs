@@ -1,0 +1,445 @@
+//! `handoff-bench` (`make bench`): how much of the broker's capacity ingest
+//! turns into accepted events on this machine.
+//!
+//! Three scenarios, each at a fixed concurrency, each counted against what it
+//! should have left in RabbitMQ:
+//!
+//! 1. **bare broker** ([`ceiling`]): a plain lapin publisher with confirms,
+//!    persistent envelopes of ingest's size, into the same v1 topology — the
+//!    ceiling no service in front of RabbitMQ can beat.
+//! 2. **ingest single** ([`load`], [`ingest`]): the real release binary,
+//!    `POST /v1/events/customer.converted` from keep-alive HTTP/1.1 clients.
+//! 3. **ingest batch**: `POST /v1/events:batch` with `--batch-size` events each.
+//!
+//! It prints events/s, p50/p99 latency and the ratio to the ceiling with the
+//! target beside it, then the CPU every process burned ([`procs`]). It never
+//! fails on a figure; it exits non-zero when something is actually wrong:
+//! ingest does not start, a request is refused, or the queue does not hold
+//! exactly the events that were acknowledged.
+
+#![allow(clippy::print_stdout)] // Printing the report is this binary's job.
+
+mod ceiling;
+mod ingest;
+mod load;
+mod measure;
+mod options;
+mod payload;
+mod procs;
+mod report;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use handoff_bus::{Bus, BusConfig, Topology};
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::Ingest;
+use crate::load::{Endpoint, Job, Plan};
+use crate::measure::Measured;
+use crate::options::{Options, USAGE};
+use crate::procs::Watched;
+use crate::report::{Row, thousands};
+
+/// The share of the ceiling the single endpoint should reach.
+const SINGLE_TARGET: f64 = 0.25;
+/// The share of the ceiling the batch endpoint should reach.
+const BATCH_TARGET: f64 = 0.60;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let opts = match Options::parse(std::env::args().skip(1)) {
+        Ok(Some(opts)) => opts,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("handoff-bench: {err:#}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    // Ctrl-C stops handing out work; the run then ends early and still cleans up.
+    let interrupted = CancellationToken::new();
+    let on_signal = interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nhandoff-bench: interrupted; stopping ingest and cleaning up…");
+            on_signal.cancel();
+        }
+    });
+    match run(&opts, &interrupted).await {
+        Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,
+        Ok(problems) => {
+            for problem in problems {
+                eprintln!("handoff-bench: {problem}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("handoff-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every scenario and prints the report; returns the problems that make the run invalid.
+async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<Vec<String>> {
+    let started = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Twelve random hex digits: names this run's namespaces and event ids.
+    let run_id = handoff_test_support::namespace()[1..].to_owned();
+    let mut watched = Watched::local_servers();
+    let mut problems = Vec::new();
+
+    println!(
+        "handoff-bench: {} events per scenario (at most {} s each), concurrency {}, \
+         batches of {} at concurrency {}, {} warm-up requests",
+        thousands(opts.events as u64),
+        opts.max_duration.as_secs(),
+        opts.concurrency,
+        opts.batch_size,
+        opts.batch_concurrency,
+        thousands(opts.warmup as u64),
+    );
+    println!(
+        "machine: {cores} cores, shared by ingest, RabbitMQ, Redis and this load generator; \
+         RabbitMQ {} and Redis {} watched for CPU",
+        found(&watched.broker),
+        found(&watched.redis),
+    );
+
+    println!("\n[1/3] bare broker: lapin publisher with confirms, no ingest…");
+    let ceiling = ceiling::run(opts, &run_id, &watched, interrupted).await?;
+    println!(
+        "      {} msg/s over {} confirm channels; envelope {} bytes; queue holds {} of {} \
+         confirmed publishes",
+        thousands(ceiling.measured.events_per_second().round() as u64),
+        ceiling.channels,
+        ceiling.envelope_bytes,
+        thousands(u64::from(ceiling.queued)),
+        thousands(ceiling.confirmed),
+    );
+    check_failures("bare broker", &ceiling.measured, &mut problems);
+    if u64::from(ceiling.queued) != ceiling.confirmed {
+        problems.push(format!(
+            "bare broker: the queue holds {} messages but {} publishes were confirmed",
+            ceiling.queued, ceiling.confirmed
+        ));
+    }
+
+    let namespace = format!("bench-{run_id}");
+    println!(
+        "\n[2/3] starting {} (namespace {namespace})…",
+        opts.ingest_bin.display()
+    );
+    let mut ingest = Ingest::spawn(&opts.ingest_bin, &namespace)?;
+    watched.ingest = Some(ingest.pid());
+    let bus_stop = CancellationToken::new();
+    let bus = Bus::start(
+        BusConfig {
+            url: handoff_test_support::amqp_url(),
+            ..BusConfig::default()
+        },
+        Topology::v1(&namespace),
+        bus_stop.clone(),
+    );
+    let outcome = ingest_scenarios(opts, &run_id, &mut ingest, &bus, &watched, interrupted).await;
+
+    // Clean up whatever happened above.
+    let stopped = ingest.stop(Duration::from_secs(15)).await;
+    if let Err(err) = bus.teardown().await {
+        eprintln!("handoff-bench: could not remove namespace {namespace}: {err}");
+    }
+    bus.close().await;
+    bus_stop.cancel();
+    handoff_test_support::cleanup_redis(&namespace).await;
+    let runs = outcome?;
+    match stopped {
+        Ok(status) if status.success() => {}
+        Ok(status) => problems.push(format!("ingest exited with {status} after SIGTERM")),
+        Err(err) => problems.push(format!("stopping ingest: {err:#}")),
+    }
+    problems.extend(runs.problems.iter().cloned());
+
+    let rows = [
+        Row {
+            scenario: "bare broker (lapin)".to_owned(),
+            measured: &ceiling.measured,
+            target: None,
+            latency_of: "publish→confirm",
+        },
+        Row {
+            scenario: "ingest single".to_owned(),
+            measured: &runs.single,
+            target: Some(SINGLE_TARGET),
+            latency_of: "request",
+        },
+        Row {
+            scenario: format!("ingest batch ×{}", opts.batch_size),
+            measured: &runs.batch,
+            target: Some(BATCH_TARGET),
+            latency_of: "batch request",
+        },
+    ];
+    println!("\n{}", "=".repeat(100));
+    print!(
+        "{}",
+        report::tables(&rows, ceiling.measured.events_per_second(), cores)
+    );
+    println!(
+        "\ningest peak RSS (VmHWM): {}",
+        runs.peak_rss_kib
+            .map_or("unknown".to_owned(), |kib| format!(
+                "{:.1} MiB",
+                kib as f64 / 1024.0
+            ))
+    );
+    println!("queue check: {}", runs.queue_check);
+    println!(
+        "envelope: {} bytes on the wire for both the ceiling and ingest; ceiling latency is \
+         publish→confirm, ingest latency is request→response (including the confirm)",
+        ceiling.envelope_bytes
+    );
+    println!(
+        "cleanup: ingest stopped with SIGTERM, namespaces bench-{run_id}[-broker] torn down, \
+         Redis keys under {namespace}: deleted; whole run {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(problems)
+}
+
+/// What the ingest scenarios produced.
+struct IngestRuns {
+    single: Measured,
+    batch: Measured,
+    peak_rss_kib: Option<u64>,
+    queue_check: String,
+    problems: Vec<String>,
+}
+
+async fn ingest_scenarios(
+    opts: &Options,
+    run_id: &str,
+    ingest: &mut Ingest,
+    bus: &Bus,
+    watched: &Watched,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<IngestRuns> {
+    ingest.wait_ready(Duration::from_secs(30)).await?;
+    bus.wait_ready(Duration::from_secs(30))
+        .await
+        .context("connecting the bench's own bus to RabbitMQ")?;
+    let queue = bus.topology().stage_queue("normalizer");
+    let single_url = format!("{}/v1/events/{}", ingest.base, payload::EVENT_TYPE.as_str());
+    let batch_url = format!("{}/v1/events:batch", ingest.base);
+    let clients = load::clients(opts.concurrency.max(opts.batch_concurrency))?;
+    let mut problems = Vec::new();
+    let single_plan = |within| Plan {
+        url: &single_url,
+        key: &ingest.key,
+        endpoint: Endpoint::Single,
+        within,
+        stop: interrupted,
+    };
+    let batch_plan = |within| Plan {
+        url: &batch_url,
+        key: &ingest.key,
+        endpoint: Endpoint::Batch,
+        within,
+        stop: interrupted,
+    };
+    let far = Duration::from_secs(3600);
+    let stop_if_interrupted = || {
+        if interrupted.is_cancelled() {
+            anyhow::bail!("interrupted");
+        }
+        Ok(())
+    };
+
+    // Warm-up: opens every connection and warms ingest, Redis and the queue.
+    let warm = load::run(
+        &clients[..opts.concurrency],
+        single_plan(far),
+        single_jobs(run_id, 'w', opts.warmup),
+    )
+    .await?;
+    let warm_batches = batch_jobs(
+        run_id,
+        'v',
+        opts.batch_size * opts.batch_concurrency * 2,
+        opts.batch_size,
+    );
+    let warm_batch = load::run(
+        &clients[..opts.batch_concurrency],
+        batch_plan(far),
+        warm_batches,
+    )
+    .await?;
+    stop_if_interrupted()?;
+    if let Some(err) = warm
+        .failures
+        .messages
+        .first()
+        .or(warm_batch.failures.messages.first())
+    {
+        anyhow::bail!(
+            "ingest refused warm-up requests: {err}\ningest's output:\n{}",
+            ingest.log_tail(20)
+        );
+    }
+    let warm_events = warm.accepted_events + warm_batch.accepted_events;
+
+    println!(
+        "      ready; warmed up with {} events; {} concurrent clients → POST {single_url}…",
+        thousands(warm_events),
+        opts.concurrency
+    );
+    let jobs = single_jobs(run_id, 's', opts.events);
+    let before = watched.sample();
+    let single = load::run(
+        &clients[..opts.concurrency],
+        single_plan(opts.max_duration),
+        jobs,
+    )
+    .await?;
+    stop_if_interrupted()?;
+    let single = measured(opts.concurrency, single, before.until(&watched.sample()));
+    check_failures("ingest single", &single, &mut problems);
+    let after_single = warm_events + single.events;
+    let queued_single = settled_count(bus, &queue, after_single).await?;
+    println!(
+        "      {} events/s; the queue holds {} = {} warm-up + {} answered 202",
+        thousands(single.events_per_second().round() as u64),
+        thousands(u64::from(queued_single)),
+        thousands(warm_events),
+        thousands(single.events),
+    );
+    if u64::from(queued_single) != after_single {
+        problems.push(format!(
+            "ingest single: {queue} holds {queued_single} messages, expected {after_single} \
+             ({warm_events} warm-up + {} answered 202)",
+            single.events
+        ));
+    }
+
+    println!(
+        "\n[3/3] {} concurrent batch requests of {} events → POST {batch_url}…",
+        opts.batch_concurrency, opts.batch_size
+    );
+    let jobs = batch_jobs(run_id, 'b', opts.events, opts.batch_size);
+    let before = watched.sample();
+    let batch = load::run(
+        &clients[..opts.batch_concurrency],
+        batch_plan(opts.max_duration),
+        jobs,
+    )
+    .await?;
+    stop_if_interrupted()?;
+    let batch = measured(
+        opts.batch_concurrency,
+        batch,
+        before.until(&watched.sample()),
+    );
+    check_failures("ingest batch", &batch, &mut problems);
+    let expected = after_single + batch.events;
+    let queued = settled_count(bus, &queue, expected).await?;
+    println!(
+        "      {} events/s; the queue holds {}",
+        thousands(batch.events_per_second().round() as u64),
+        thousands(u64::from(queued)),
+    );
+    let verdict = if u64::from(queued) == expected {
+        "exactly as many as were acknowledged ✓"
+    } else {
+        problems.push(format!(
+            "ingest batch: {queue} holds {queued} messages, expected {expected}"
+        ));
+        "MISMATCH ✗"
+    };
+    let queue_check = format!(
+        "{queue} holds {} messages = {} warm-up + {} single 202s + {} batch items accepted: {verdict}",
+        thousands(u64::from(queued)),
+        thousands(warm_events),
+        thousands(single.events),
+        thousands(batch.events),
+    );
+
+    Ok(IngestRuns {
+        single,
+        batch,
+        peak_rss_kib: procs::peak_rss_kib(ingest.pid()),
+        queue_check,
+        problems,
+    })
+}
+
+fn measured(concurrency: usize, run: load::LoadResult, mut cpu: procs::CpuUse) -> Measured {
+    // The load run's own clock starts at the first send; the CPU window brackets it closely.
+    cpu.wall = run.wall;
+    Measured {
+        concurrency,
+        events: run.accepted_events,
+        failed_events: run.failures.events,
+        errors: run.failures.messages,
+        latencies: run.latencies,
+        cpu,
+    }
+}
+
+fn single_jobs(run_id: &str, tag: char, count: usize) -> Vec<Job> {
+    (0..count)
+        .map(|i| Job {
+            body: payload::single_body(&payload::event_id(run_id, tag, i)),
+            events: 1,
+        })
+        .collect()
+}
+
+fn batch_jobs(run_id: &str, tag: char, events: usize, batch_size: usize) -> Vec<Job> {
+    let ids: Vec<String> = (0..events)
+        .map(|i| payload::event_id(run_id, tag, i))
+        .collect();
+    ids.chunks(batch_size)
+        .map(|chunk| Job {
+            body: payload::batch_body(chunk.iter().map(String::as_str)),
+            events: chunk.len(),
+        })
+        .collect()
+}
+
+/// The queue's message count once it reaches `expected`, or whatever it is after a few
+/// seconds. Confirmed messages are already in the queue; the wait only covers a count that
+/// trails the confirms by a moment.
+async fn settled_count(bus: &Bus, queue: &str, expected: u64) -> anyhow::Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let count = bus
+            .message_count(queue)
+            .await
+            .with_context(|| format!("counting the messages in {queue}"))?;
+        if u64::from(count) == expected || Instant::now() >= deadline {
+            return Ok(count);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn check_failures(scenario: &str, measured: &Measured, problems: &mut Vec<String>) {
+    if measured.failed_events > 0 {
+        problems.push(format!(
+            "{scenario}: {} events were not accepted; first errors: {}",
+            measured.failed_events,
+            measured.errors.join(" | ")
+        ));
+    }
+}
+
+fn found(pids: &[u32]) -> &'static str {
+    if pids.is_empty() {
+        "(not found locally)"
+    } else {
+        "(local)"
+    }
+}

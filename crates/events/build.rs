@@ -1,0 +1,20 @@
+//! Compiles `proto/handoff/v1/*.proto` with `protox` (pure Rust), so building
+//! needs no system `protoc`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "handoff/v1/envelope.proto",
+        "handoff/v1/events.proto",
+        "handoff/v1/records.proto",
+        "handoff/v1/dead_letter.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", proto_root.join(file).display());
+    }
+    let descriptors = protox::compile(files, [&proto_root])?;
+    prost_build::Config::new().compile_fds(descriptors)?;
+    Ok(())
+}

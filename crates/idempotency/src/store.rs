@@ -1,0 +1,423 @@
+//! [`Store`]: the Redis client behind claims, completions, releases and the ledger.
+//!
+//! One multiplexed connection per `Store` (redis' `ConnectionManager`), shared by every clone, which
+//! reconnects by itself after a broken connection. It is created lazily on the first operation, so
+//! a service whose Redis is down at start still starts, answers `/healthz`, and reports not-ready
+//! (through [`Store::is_healthy`]) until Redis comes back.
+//!
+//! Every operation is one round trip (a Lua script loaded once and then called by SHA, or a
+//! `MULTI` pipeline) and is bounded by `op_timeout`, connection set-up included.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::{FIRST_SEEN_AT, Ledger, LedgerUpdate};
+use crate::{Claim, ClaimToken, Completion, IdempotencyKey, RedisConfig, StoreError};
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
+static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/complete.lua")));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+
+const STARTED: &str = "started:";
+const FINISHED: &str = "finished:";
+
+struct Inner {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    namespace: String,
+    op_timeout: Duration,
+    healthy: AtomicBool,
+}
+
+/// Handle to the idempotency records and the ledger in Redis. Cheap to clone; clones share one
+/// connection and one health flag.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("namespace", &self.inner.namespace)
+            .field("op_timeout", &self.inner.op_timeout)
+            .field("healthy", &self.is_healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Creates a store whose keys all start with `"{namespace}:"`. Does no I/O: the connection is
+    /// opened on the first operation. Fails only for a malformed URL.
+    pub fn new(cfg: &RedisConfig, namespace: &str) -> Result<Store, StoreError> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(StoreError::InvalidUrl)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                client,
+                conn: OnceCell::new(),
+                namespace: namespace.to_owned(),
+                op_timeout: cfg.op_timeout,
+                healthy: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The namespace every key starts with.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// `"{namespace}:{a}:{b}..."`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut key = self.inner.namespace.clone();
+        for part in parts {
+            key.push(':');
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// The Redis key of an idempotency record: `"{namespace}:idem:{stage}:{scope}:{id}"`.
+    pub fn idempotency_key(&self, key: &IdempotencyKey) -> String {
+        self.key(&["idem", &key.stage, &key.scope, &key.id])
+    }
+
+    /// The Redis key of a ledger: `"{namespace}:ledger:{publisher_id}:{event_id}"`.
+    pub fn ledger_key(&self, publisher_id: &str, event_id: &str) -> String {
+        self.key(&["ledger", publisher_id, event_id])
+    }
+
+    /// Sends `PING`; succeeds when Redis answers within `op_timeout`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut conn| async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    /// True when the last operation (or health-monitor ping) reached Redis. False until the first
+    /// one has, so a service reports not-ready until Redis has answered once.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Spawns a task that pings Redis right away and then every `every` until `shutdown` is
+    /// cancelled, keeping [`Store::is_healthy`] current even when no traffic flows (and driving the
+    /// reconnection while Redis is away). Must be called inside a Tokio runtime.
+    pub fn spawn_health_monitor(&self, every: Duration, shutdown: CancellationToken) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {
+                        // The result is recorded by `run`, which also logs health transitions.
+                        let _ = store.ping().await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Claims `key` for the caller's side effect, writing `"started:<fingerprint>:<token>"` with a
+    /// `lease` TTL if nothing is there, else reporting what is there, in one atomic round trip.
+    ///
+    /// `fingerprint` identifies the payload (a hash of it), so a caller can tell a retry of the same
+    /// event ([`Claim::matches`]) from a different payload reusing an id. `lease` must outlast the
+    /// side effect: when it runs out, another worker may claim the key and repeat the effect.
+    pub async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let redis_key = self.idempotency_key(key);
+        let token = ClaimToken::generate();
+        let record = format!("{STARTED}{fingerprint}:{}", token.as_str());
+        let existing: Option<String> = self
+            .run(|mut conn| {
+                let invocation = {
+                    let mut inv = CLAIM.key(&redis_key);
+                    inv.arg(&record).arg(millis(lease));
+                    inv
+                };
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await?;
+        match existing {
+            None => Ok(Claim::Acquired(token)),
+            Some(record) => parse_record(&redis_key, &record),
+        }
+    }
+
+    /// Replaces our started record with `"finished:<fingerprint>"`, kept for `retention`, and
+    /// applies `ledger` (if any) in the same round trip.
+    ///
+    /// If our lease ran out and the key is gone, `finished` is written anyway: the side effect did
+    /// happen, and recording it is what stops a redelivery from repeating it. If another worker has
+    /// claimed the key meanwhile, its record is left alone: that worker owns the key now and will
+    /// finish (or release) it itself; overwriting its lock could hide a payload with a different
+    /// fingerprint, and a repeat is made harmless by the destinations' natural-key upserts. Both
+    /// cases mean the lease is too short for the side effect and are logged as warnings.
+    pub async fn complete(
+        &self,
+        key: &IdempotencyKey,
+        token: &ClaimToken,
+        fingerprint: &str,
+        retention: Duration,
+        ledger: Option<&LedgerUpdate>,
+    ) -> Result<(), StoreError> {
+        let outcome = self
+            .complete_with_outcome(key, token, fingerprint, retention, ledger)
+            .await?;
+        match outcome {
+            Completion::Completed => {}
+            Completion::AlreadyFinished => tracing::debug!(
+                stage = %key.stage, id = %key.id,
+                "Idempotency key was already finished by another worker."
+            ),
+            Completion::LeaseExpired => tracing::warn!(
+                stage = %key.stage, id = %key.id,
+                "Claim lease ran out before completion; recorded as finished anyway. The lease is shorter than the side effect."
+            ),
+            Completion::ClaimedByOther => tracing::warn!(
+                stage = %key.stage, id = %key.id,
+                "Claim lease ran out and another worker claimed the key; its claim is kept. The lease is shorter than the side effect."
+            ),
+        }
+        Ok(())
+    }
+
+    /// Like [`Store::complete`], but reports what was found (for callers and tests that care).
+    pub async fn complete_with_outcome(
+        &self,
+        key: &IdempotencyKey,
+        token: &ClaimToken,
+        fingerprint: &str,
+        retention: Duration,
+        ledger: Option<&LedgerUpdate>,
+    ) -> Result<Completion, StoreError> {
+        let redis_key = self.idempotency_key(key);
+        let mut invocation = COMPLETE.key(&redis_key);
+        invocation
+            .arg(token.suffix())
+            .arg(format!("{FINISHED}{fingerprint}"))
+            .arg(millis(retention));
+        if let Some(update) = ledger {
+            invocation
+                .key(self.ledger_key(&update.publisher_id, &update.event_id))
+                .arg(millis(update.ttl))
+                .arg(&update.at);
+            for (field, value) in update.fields() {
+                invocation.arg(field).arg(value);
+            }
+        }
+        let outcome: String = self
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        match outcome.as_str() {
+            "completed" => Ok(Completion::Completed),
+            "lease_expired" => Ok(Completion::LeaseExpired),
+            "already_finished" => Ok(Completion::AlreadyFinished),
+            "claimed_by_other" => Ok(Completion::ClaimedByOther),
+            other => Err(StoreError::Corrupt(format!(
+                "complete script returned {other:?} for {redis_key}"
+            ))),
+        }
+    }
+
+    /// Deletes the started record if it is still ours, so a retry can claim at once after a failed
+    /// side effect. Anything else there (another claim, a finished record) is left untouched.
+    pub async fn release(&self, key: &IdempotencyKey, token: &ClaimToken) -> Result<(), StoreError> {
+        self.release_if_ours(key, token).await.map(|_| ())
+    }
+
+    /// Like [`Store::release`], returning whether our record was there and is now gone.
+    pub async fn release_if_ours(
+        &self,
+        key: &IdempotencyKey,
+        token: &ClaimToken,
+    ) -> Result<bool, StoreError> {
+        let redis_key = self.idempotency_key(key);
+        let mut invocation = RELEASE.key(&redis_key);
+        invocation.arg(token.suffix());
+        let deleted: i64 = self
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// Applies one ledger update (fields, `first_seen_at` if new, TTL) in one `MULTI` round trip.
+    pub async fn ledger_record(&self, update: &LedgerUpdate) -> Result<(), StoreError> {
+        let key = self.ledger_key(&update.publisher_id, &update.event_id);
+        let fields = update.fields();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_nx(&key, FIRST_SEEN_AT, &update.at)
+            .ignore()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .pexpire(&key, millis(update.ttl))
+            .ignore();
+        self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    /// Reads the ledger of one event; `None` when nothing was recorded (or it expired).
+    pub async fn ledger_get(
+        &self,
+        publisher_id: &str,
+        event_id: &str,
+    ) -> Result<Option<Ledger>, StoreError> {
+        let key = self.ledger_key(publisher_id, event_id);
+        let hash: std::collections::HashMap<String, String> = self
+            .run(|mut conn| {
+                let key = key.clone();
+                async move { conn.hgetall(key).await }
+            })
+            .await?;
+        Ledger::from_hash(&key, publisher_id, event_id, hash)
+    }
+
+    /// The shared connection, created on first use (inside the runtime, which the connection
+    /// manager needs for its background task).
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let op_timeout = self.inner.op_timeout;
+        let conn = self
+            .inner
+            .conn
+            .get_or_try_init(|| async {
+                let config = ConnectionManagerConfig::new()
+                    // Each connection attempt and each response is bounded like the operation.
+                    .set_connection_timeout(Some(op_timeout))
+                    .set_response_timeout(Some(op_timeout))
+                    // Fail fast while Redis is away: one quick retry, then the error goes back to
+                    // the caller (a 503 or a delayed redelivery). The next operation or health
+                    // ping starts a new attempt, so at most one reconnection is in flight.
+                    .set_number_of_retries(1)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_secs(1));
+                ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
+            })
+            .await
+            .map_err(StoreError::from)?;
+        Ok(conn.clone())
+    }
+
+    /// Runs one operation bounded by `op_timeout` and records whether Redis was reachable.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let attempt = async {
+            let conn = self.connection().await?;
+            op(conn).await.map_err(StoreError::from)
+        };
+        let result = match tokio::time::timeout(self.inner.op_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.inner.op_timeout)),
+        };
+        let reachable = match &result {
+            Ok(_) => true,
+            Err(err) => !err.is_connectivity(),
+        };
+        self.set_healthy(reachable, result.as_ref().err());
+        result
+    }
+
+    fn set_healthy(&self, healthy: bool, err: Option<&StoreError>) {
+        let was = self.inner.healthy.swap(healthy, Ordering::Relaxed);
+        if was && !healthy {
+            match err {
+                Some(err) => tracing::warn!(error = %err, "Redis became unreachable."),
+                None => tracing::warn!("Redis became unreachable."),
+            }
+        } else if !was && healthy {
+            tracing::info!(namespace = %self.inner.namespace, "Redis is reachable.");
+        }
+    }
+}
+
+/// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
+}
+
+/// Parses an existing record into [`Claim::InFlight`] or [`Claim::Done`].
+fn parse_record(key: &str, record: &str) -> Result<Claim, StoreError> {
+    if let Some(rest) = record.strip_prefix(STARTED) {
+        // The token never contains ':'; the fingerprint may, so split at the last one.
+        if let Some((fingerprint, _token)) = rest.rsplit_once(':') {
+            return Ok(Claim::InFlight {
+                fingerprint: fingerprint.to_owned(),
+            });
+        }
+    } else if let Some(fingerprint) = record.strip_prefix(FINISHED) {
+        return Ok(Claim::Done {
+            fingerprint: fingerprint.to_owned(),
+        });
+    }
+    Err(StoreError::Corrupt(format!(
+        "{key} holds {record:?}, not a started/finished record"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse() {
+        assert_eq!(
+            parse_record("k", "started:sha:ab:tok").unwrap(),
+            Claim::InFlight {
+                fingerprint: "sha:ab".into()
+            }
+        );
+        assert_eq!(
+            parse_record("k", "finished:sha").unwrap(),
+            Claim::Done {
+                fingerprint: "sha".into()
+            }
+        );
+        assert!(matches!(
+            parse_record("k", "garbage"),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn millis_is_never_zero() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+    }
+
+    #[test]
+    fn keys_are_namespaced() {
+        let store = Store::new(&RedisConfig::default(), "ns").unwrap();
+        assert_eq!(store.key(&["a", "b"]), "ns:a:b");
+        let key = IdempotencyKey::new("ingest", "pub-1", "ev-1");
+        assert_eq!(store.idempotency_key(&key), "ns:idem:ingest:pub-1:ev-1");
+        assert_eq!(store.ledger_key("pub-1", "ev-1"), "ns:ledger:pub-1:ev-1");
+    }
+
+    #[test]
+    fn malformed_url_is_the_only_constructor_error() {
+        let cfg = RedisConfig {
+            url: "not a url".into(),
+            ..RedisConfig::default()
+        };
+        assert!(matches!(
+            Store::new(&cfg, "ns"),
+            Err(StoreError::InvalidUrl(_))
+        ));
+    }
+}

@@ -1,0 +1,76 @@
+//! Broker and Redis outages, simulated with a TCP proxy the test controls.
+
+use std::time::Duration;
+
+use handoff_test_support::{self as support, TcpProxy};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn broker_outage_gives_503_and_not_ready_then_recovers_without_restart() {
+    let proxy = TcpProxy::start(support::amqp_addr()).await;
+    let opts = Options {
+        amqp_url: support::url_via(&support::amqp_url(), proxy.addr()),
+        ..Options::default()
+    };
+    let app = spawn_ingest_with(opts, true).await;
+
+    proxy.cut();
+    app.wait_ready(false, Duration::from_secs(10)).await;
+    let (status, body, headers) = app.post("customer.converted", KEY, SEED).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
+
+    proxy.restore();
+    app.wait_ready(true, Duration::from_secs(20)).await;
+    // The failed attempt left no dedupe record: the retry is accepted, not "duplicate".
+    let (status, body, _) = app.post("customer.converted", KEY, SEED).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(app.raw_count().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_outage_gives_503_then_recovers() {
+    let proxy = TcpProxy::start(support::redis_addr()).await;
+    let opts = Options {
+        redis_url: support::url_via(&support::redis_url(), proxy.addr()),
+        ..Options::default()
+    };
+    let app = spawn_ingest_with(opts, true).await;
+
+    proxy.cut();
+    let (status, body, headers) = app.post("customer.converted", KEY, SEED).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.get("retry-after").is_some());
+    app.wait_ready(false, Duration::from_secs(10)).await;
+    assert_eq!(app.raw_count().await, 0, "nothing published without a dedupe claim");
+
+    proxy.restore();
+    app.wait_ready(true, Duration::from_secs(20)).await;
+    let (status, body, _) = app.post("customer.converted", KEY, SEED).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(app.raw_count().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn starts_not_ready_when_the_broker_is_down_and_becomes_ready_when_it_appears() {
+    let proxy = TcpProxy::start(support::amqp_addr()).await;
+    proxy.cut();
+    let opts = Options {
+        amqp_url: support::url_via(&support::amqp_url(), proxy.addr()),
+        ..Options::default()
+    };
+    let app = spawn_ingest_with(opts, false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!app.is_ready().await);
+    let (status, _, _) = app.post("customer.converted", KEY, SEED).await;
+    assert_eq!(status, 503);
+    proxy.restore();
+    app.wait_ready(true, Duration::from_secs(20)).await;
+    let (status, _, _) = app.post("customer.converted", KEY, SEED).await;
+    assert_eq!(status, 202);
+    app.stop().await;
+}

@@ -1,0 +1,244 @@
+//! Logs and traces: one [`init`] per process installs the global `tracing` subscriber and the
+//! OpenTelemetry pipeline, and returns a [`TelemetryGuard`] that flushes spans when dropped.
+//!
+//! The subscriber has three parts:
+//! - an `EnvFilter` built from `RUST_LOG` (if set) or [`TelemetryConfig::log_filter`], which decides
+//!   which *events* are logged. Spans at `INFO` and above are always kept, whatever the filter
+//!   says, so a `warn!` inside an `info_span!` still carries the span's `event_id`, and every
+//!   request still has a trace;
+//! - a formatting layer: JSON lines ([`json`]) in production, human-readable text otherwise;
+//! - the `tracing-opentelemetry` layer, always, backed by an SDK tracer provider (parent-based,
+//!   always-on sampler unless `OTEL_TRACES_SAMPLER` says otherwise) so spans have valid trace ids
+//!   even when nothing is exported. A batch OTLP/HTTP exporter is added only when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set and
+//!   `OTEL_SDK_DISABLED` is not `true`; the exporter reads the standard `OTEL_EXPORTER_OTLP_*`
+//!   variables itself (headers, timeout, compression).
+//!
+//! The global text-map propagator is W3C Trace Context, which the bus uses to carry the trace in
+//! AMQP headers and ingest uses to read `traceparent` from HTTP requests.
+
+pub mod json;
+
+use std::sync::{Once, OnceLock};
+use std::time::Duration;
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::{Deserialize, Serialize};
+use tracing::Level;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::fmt::format::JsonFields;
+use tracing_subscriber::layer::{Filter, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (see [`json`]): what log collectors in production expect.
+    #[default]
+    Json,
+    /// Human-readable lines for a terminal (`make run`).
+    Text,
+}
+
+/// Logging settings shared by every service (`[telemetry]` in the TOML file). Tracing export is
+/// configured with the standard `OTEL_*` environment variables instead, so it works the same way as
+/// in every other OpenTelemetry-instrumented program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// `json` (default) or `text`.
+    pub log_format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `info,handoff_bus=debug`. `RUST_LOG`, when set,
+    /// overrides it so an SRE can raise verbosity without editing the config.
+    pub log_filter: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Json,
+            log_filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Why telemetry could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The log filter directive does not parse.
+    #[error("invalid log filter {filter:?}: {source}")]
+    Filter {
+        /// The directive that was given (from `RUST_LOG` or `telemetry.log_filter`).
+        filter: String,
+        /// What is wrong with it.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The OTLP exporter could not be built (bad endpoint URL in `OTEL_EXPORTER_OTLP_*`, ...).
+    #[error("cannot build the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// Another global subscriber was installed first (telemetry is initialised twice).
+    #[error("a global tracing subscriber is already installed: {0}")]
+    AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Keeps the tracer provider alive; dropping it flushes pending spans and shuts the provider down,
+/// waiting at most [`TelemetryGuard::SHUTDOWN_TIMEOUT`].
+#[must_use = "dropping the guard shuts tracing down"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TelemetryGuard {
+    /// How long dropping the guard may wait for the exporter. Kept well inside Kubernetes' default
+    /// 30 s grace period, which the service's own drain also has to fit into.
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(err) = self.provider.force_flush() {
+            tracing::debug!(error = %err, "Flushing spans at shutdown failed.");
+        }
+        if let Err(err) = self.provider.shutdown_with_timeout(Self::SHUTDOWN_TIMEOUT) {
+            tracing::warn!(error = %err, "Tracer provider did not shut down cleanly; some spans may be lost.");
+        }
+    }
+}
+
+/// Installs logging and tracing for `service` (see the module docs). Call once, early in `main`,
+/// inside the Tokio runtime, and keep the guard until the service has drained.
+pub fn init(service: &'static str, cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    let directive = env_nonempty("RUST_LOG").unwrap_or_else(|| cfg.log_filter.clone());
+    // Two filters from the same directive: one for the log output, one for the OTel layer
+    // (`EnvFilter` is not `Clone`).
+    let log_filter = event_filter(&directive)?;
+    let otel_filter = event_filter(&directive)?;
+
+    let provider = tracer_provider(service, exporter_wanted())?;
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service))
+        .with_filter(otel_filter)
+        .boxed();
+
+    let fmt_layer = match cfg.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(json::JsonLines::default())
+            .fmt_fields(JsonFields::new())
+            .with_writer(std::io::stdout)
+            .with_filter(log_filter)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stdout)
+            .with_filter(log_filter)
+            .boxed(),
+    };
+
+    tracing_subscriber::registry()
+        .with(vec![otel_layer, fmt_layer])
+        .try_init()?;
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(TelemetryGuard { provider })
+}
+
+/// For tests: installs (once per process) the same OpenTelemetry layer without an exporter and text
+/// logs to the test writer, filtered by `RUST_LOG` (default `warn`). Later calls do nothing; if
+/// another global subscriber is already installed it is left in place.
+pub fn init_for_tests() {
+    static ONCE: Once = Once::new();
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+    ONCE.call_once(|| {
+        let directive = env_nonempty("RUST_LOG").unwrap_or_else(|| "warn".to_owned());
+        let (Ok(log_filter), Ok(otel_filter)) = (event_filter(&directive), event_filter(&directive))
+        else {
+            eprintln!("init_for_tests: RUST_LOG={directive:?} does not parse; test logs are off");
+            return;
+        };
+        let Ok(provider) = tracer_provider("handoff-test", false) else {
+            return;
+        };
+        let provider = PROVIDER.get_or_init(|| provider);
+        let otel_layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("handoff-test"))
+            .with_filter(otel_filter)
+            .boxed();
+        let fmt_layer = tracing_subscriber::fmt::layer()
+            .with_test_writer()
+            .with_filter(log_filter)
+            .boxed();
+        // An error only means another subscriber won the race; tests keep that one.
+        let _ = tracing_subscriber::registry()
+            .with(vec![otel_layer, fmt_layer])
+            .try_init();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    });
+}
+
+/// The W3C trace id (32 hex digits) of the current span, if there is a current span with a valid
+/// OpenTelemetry context: what the status ledger and error bodies record as `trace_id`.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// Events pass when `directive` enables them; spans at `INFO` and above always pass, so their fields
+/// (`event_id`, ...) stay available to every log line inside them and every request gets a trace.
+fn event_filter(
+    directive: &str,
+) -> Result<impl Filter<Registry> + Send + Sync + 'static, TelemetryError> {
+    let env = EnvFilter::builder()
+        .parse(directive)
+        .map_err(|source| TelemetryError::Filter {
+            filter: directive.to_owned(),
+            source,
+        })?;
+    let spans = filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO)
+        .with_max_level_hint(Level::INFO);
+    Ok(env.or(spans))
+}
+
+/// True when an OTLP endpoint is configured and the SDK is not disabled.
+fn exporter_wanted() -> bool {
+    let disabled = env_nonempty("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    endpoint && !disabled
+}
+
+/// The SDK tracer provider: resource `service.name = service` (plus `OTEL_RESOURCE_ATTRIBUTES`),
+/// the SDK's default sampler (parent-based always-on, or whatever `OTEL_TRACES_SAMPLER` picks),
+/// and, when `export` is true, a batch OTLP/HTTP (protobuf) exporter.
+fn tracer_provider(service: &'static str, export: bool) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = Resource::builder().with_service_name(service).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if export {
+        // HTTP/protobuf with the blocking reqwest client: the batch processor exports from its own
+        // thread, where the async client has no runtime (see NOTES.md).
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}

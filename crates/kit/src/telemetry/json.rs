@@ -1,0 +1,254 @@
+//! The production log format: one JSON object per line.
+//!
+//! Every line has `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, then the fields of
+//! every span in scope (outermost first, inner spans overriding) and the event's own fields, all at
+//! the top level, then `span` (the innermost span's name) and the OpenTelemetry `trace_id` /
+//! `span_id` of the current span unless a field of that name was recorded already. So a handler
+//! that opens `info_span!("ingest", event_id = %id)` gets `event_id` and `trace_id` on every line it
+//! logs, and a log query is a plain `event_id = "..."` filter.
+//!
+//! Span fields are taken from the `FormattedFields` the fmt layer stores on each span; the layer
+//! must therefore use [`tracing_subscriber::fmt::format::JsonFields`] as its field formatter.
+
+use std::fmt;
+
+use opentelemetry::trace::TraceContextExt;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Keys written by the formatter itself; fields with these names are dropped, not duplicated.
+const RESERVED: [&str; 5] = ["timestamp", "level", "target", "message", "span"];
+
+/// [`FormatEvent`] implementation writing JSON lines (see the module docs).
+#[derive(Debug, Clone, Default)]
+pub struct JsonLines {
+    _private: (),
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Map::new();
+        let mut span_name = None;
+
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                span_name = Some(span.name());
+                let ext = span.extensions();
+                if let Some(formatted) = ext.get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&formatted.fields)
+                {
+                    fields.extend(map);
+                }
+            }
+        }
+
+        let mut visitor = JsonVisitor::default();
+        event.record(&mut visitor);
+        let message = visitor.message.take().unwrap_or_default();
+        fields.extend(visitor.fields);
+
+        // Records bridged from the `log` crate arrive with target "log" and `log.*` fields.
+        let mut target = event.metadata().target().to_owned();
+        if let Some(Value::String(t)) = fields.get("log.target") {
+            target = t.clone();
+        }
+        fields.retain(|k, _| !k.starts_with("log.") && !RESERVED.contains(&k.as_str()));
+
+        let cx = opentelemetry::Context::current();
+        let otel_span = cx.span();
+        let sc = otel_span.span_context();
+        if sc.is_valid() {
+            fields
+                .entry("trace_id")
+                .or_insert_with(|| Value::String(sc.trace_id().to_string()));
+            fields
+                .entry("span_id")
+                .or_insert_with(|| Value::String(sc.span_id().to_string()));
+        }
+
+        let timestamp = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+
+        let mut line = String::with_capacity(256);
+        line.push('{');
+        push_pair(&mut line, "timestamp", &Value::String(timestamp));
+        line.push(',');
+        push_pair(
+            &mut line,
+            "level",
+            &Value::String(event.metadata().level().to_string()),
+        );
+        line.push(',');
+        push_pair(&mut line, "target", &Value::String(target));
+        line.push(',');
+        push_pair(&mut line, "message", &Value::String(message));
+        for (key, value) in &fields {
+            line.push(',');
+            push_pair(&mut line, key, value);
+        }
+        if let Some(name) = span_name {
+            line.push(',');
+            push_pair(&mut line, "span", &Value::String(name.to_owned()));
+        }
+        line.push('}');
+        writeln!(writer, "{line}")
+    }
+}
+
+fn push_pair(line: &mut String, key: &str, value: &Value) {
+    // Serialising a string or a `Value` into JSON text cannot fail.
+    line.push_str(&serde_json::to_string(key).unwrap_or_default());
+    line.push(':');
+    line.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()));
+}
+
+/// Collects an event's fields as JSON values, keeping `message` apart.
+#[derive(Default)]
+struct JsonVisitor {
+    message: Option<String>,
+    fields: Map<String, Value>,
+}
+
+impl JsonVisitor {
+    fn put(&mut self, field: &Field, value: Value) {
+        if field.name() == "message" {
+            self.message = Some(match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            });
+        } else {
+            self.fields.insert(field.name().to_owned(), value);
+        }
+    }
+}
+
+impl Visit for JsonVisitor {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Value::Bool(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_owned()));
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.put(field, Value::String(value.to_string()));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::fmt::format::JsonFields;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buf {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn lines(buf: &Buf) -> Vec<Value> {
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn span_fields_and_trace_id_are_flattened() {
+        let buf = Buf::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(JsonLines::default())
+                    .fmt_fields(JsonFields::new())
+                    .with_writer(buf.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(answer = 42, "outside");
+            let outer = tracing::info_span!("request", event_id = "ev-1", stage = "outer");
+            let _o = outer.enter();
+            let inner = tracing::info_span!("publish", stage = "inner", record_id = tracing::field::Empty);
+            let _i = inner.enter();
+            inner.record("record_id", "crm-9");
+            tracing::warn!(error = %"boom", "Destination refused the upsert.");
+        });
+        let lines = lines(&buf);
+        assert_eq!(lines.len(), 2);
+
+        let first = &lines[0];
+        assert_eq!(first["message"], "outside");
+        assert_eq!(first["answer"], 42);
+        assert_eq!(first["level"], "INFO");
+        assert!(first.get("trace_id").is_none());
+        assert!(first["timestamp"].as_str().unwrap().ends_with('Z'));
+
+        let second = &lines[1];
+        assert_eq!(second["message"], "Destination refused the upsert.");
+        assert_eq!(second["level"], "WARN");
+        assert_eq!(second["event_id"], "ev-1");
+        assert_eq!(second["stage"], "inner", "inner spans override outer ones");
+        assert_eq!(second["record_id"], "crm-9", "fields recorded later appear");
+        assert_eq!(second["error"], "boom");
+        assert_eq!(second["span"], "publish");
+        let trace_id = second["trace_id"].as_str().unwrap();
+        assert_eq!(trace_id.len(), 32);
+        assert_ne!(trace_id, "00000000000000000000000000000000");
+        assert_eq!(second["target"], module_path!());
+    }
+}

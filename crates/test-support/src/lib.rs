@@ -1,0 +1,186 @@
+//! Helpers shared by the integration tests of every crate.
+//!
+//! Tests share one RabbitMQ and one Redis; each test isolates itself with a
+//! random [`namespace`] (a prefix for every exchange, queue and Redis key) and
+//! cleans up after itself. Outages are simulated with a [`TcpProxy`] the test
+//! controls, never by stopping the shared servers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A fresh namespace such as `t3f9c0a1b2c4d`: unique per call, safe in queue names and Redis keys.
+pub fn namespace() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t{}", &id[..12])
+}
+
+/// The broker the tests use; `HANDOFF_TEST_AMQP_URL` overrides the local default.
+pub fn amqp_url() -> String {
+    std::env::var("HANDOFF_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The Redis the tests use; `HANDOFF_TEST_REDIS_URL` overrides the local default.
+pub fn redis_url() -> String {
+    std::env::var("HANDOFF_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+}
+
+/// Address of the broker behind [`amqp_url`], for a [`TcpProxy`] in front of it.
+pub fn amqp_addr() -> SocketAddr {
+    host_port(&amqp_url(), 5672)
+}
+
+/// Address of the Redis behind [`redis_url`], for a [`TcpProxy`] in front of it.
+pub fn redis_addr() -> SocketAddr {
+    host_port(&redis_url(), 6379)
+}
+
+fn host_port(url: &str, default_port: u16) -> SocketAddr {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(default_port)),
+        None => (authority, default_port),
+    };
+    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    format!("{host}:{port}")
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Rewrites `url` so it points at `addr` instead of its own host and port.
+pub fn url_via(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (userinfo, hostpath) = match rest.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), rest),
+    };
+    let path = hostpath.find('/').map(|i| &hostpath[i..]).unwrap_or("");
+    format!("{scheme}://{userinfo}{addr}{path}")
+}
+
+/// Installs tracing + OpenTelemetry for tests once per test binary.
+pub fn init_telemetry() {
+    handoff_kit::telemetry::init_for_tests();
+}
+
+/// Deletes every Redis key under `prefix` (the test's namespace).
+pub async fn cleanup_redis(prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let pattern = format!("{prefix}:*");
+    let keys: Vec<String> = match redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await {
+        Ok(keys) => keys,
+        Err(_) => return,
+    };
+    for chunk in keys.chunks(500) {
+        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    }
+}
+
+/// A TCP proxy in front of a real server, which a test can cut and restore to
+/// simulate an outage without touching the shared server.
+///
+/// While cut, live connections are closed and new ones are accepted and closed
+/// at once, which is what a client sees when a broker goes away.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy on a random local port forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy port");
+        let addr = listener.local_addr().expect("proxy address");
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, _) = watch::channel(0u64);
+        let (stop, mut stopped) = watch::channel(false);
+        let accept_up = up.clone();
+        let accept_generation = generation.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = stopped.changed() => return,
+                };
+                let Ok((inbound, _)) = accepted else { continue };
+                if !accept_up.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut = accept_generation.subscribe();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            addr,
+            up,
+            generation,
+            stop,
+        }
+    }
+
+    /// Where clients should connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every live connection and refuses new ones until [`TcpProxy::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_rewritten_through_a_proxy() {
+        let addr: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+        assert_eq!(
+            url_via("amqp://guest:guest@127.0.0.1:5672/%2f", addr),
+            "amqp://guest:guest@127.0.0.1:40000/%2f"
+        );
+        assert_eq!(url_via("redis://127.0.0.1:6379/", addr), "redis://127.0.0.1:40000/");
+        assert_eq!(host_port("amqp://guest:guest@localhost:5672/%2f", 1).port(), 5672);
+    }
+}
