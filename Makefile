@@ -27,4 +27,4 @@ fmt: ## Format the code
 	cargo fmt --all
 
 bench: services ## Throughput and latency of ingest beside the bare broker (prints figures, never fails on time)
-	cargo run --release -p handoff-bench
+	cargo build --release --bins && cargo run --release -p handoff-bench

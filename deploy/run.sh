@@ -50,6 +50,7 @@ stop() {
     wait "${pids[@]}" 2>/dev/null || true
   fi
   log "Stopped."
+  exit 0
 }
 trap stop INT TERM EXIT
 

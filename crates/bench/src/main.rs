@@ -16,6 +16,12 @@
 //! fails on a figure; it exits non-zero when something is actually wrong:
 //! ingest does not start, a request is refused, or the queue does not hold
 //! exactly the events that were acknowledged.
+//!
+//! Run it with `make bench`, or after `cargo build --release --bins`:
+//! `cargo run --release -p handoff-bench -- --events 5000 --concurrency 32`
+//! (`--help` lists the flags and their `HANDOFF_BENCH_*` variables). It needs
+//! the local RabbitMQ and Redis (`HANDOFF_TEST_AMQP_URL` / `HANDOFF_TEST_REDIS_URL`
+//! point elsewhere) and leaves nothing behind in either, Ctrl-C included.
 
 #![allow(clippy::print_stdout)] // Printing the report is this binary's job.
 

@@ -312,7 +312,11 @@ impl Bus {
                 return Ok(None);
             };
             let delivery = Delivery::from_lapin(&message.delivery, queue);
-            message.delivery.acker.ack(BasicAckOptions::default()).await?;
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await?;
             Ok(Some(delivery))
         }
         .await;

@@ -5,14 +5,14 @@
 //! unacked messages than that) and turns each outcome into broker operations, always
 //! confirming its own output before it acks the input:
 //!
-//! - [`Outcome::Ack`]: `basic.ack`.
-//! - [`Outcome::RetryLater`]: a copy (same body and properties, attempt + 1, retry
-//!   history in headers) goes to the stage's delay queue for the smallest sufficient
+//! - [`Outcome::Ack`] becomes `basic.ack`.
+//! - [`Outcome::RetryLater`] sends a copy (same body and properties, attempt + 1,
+//!   retry history in headers) to the stage's delay queue for the smallest sufficient
 //!   tier; it dead-letters back into the stage queue when its TTL expires. Past
 //!   `max_attempts` it becomes a dead letter of class `RetriesExhausted`.
-//! - [`Outcome::DeadLetter`]: a `handoff.v1.DeadLetter` record with the original
-//!   message and every piece of context goes to the dead-letter exchange, routing key
-//!   `{stage}.{class label}`.
+//! - [`Outcome::DeadLetter`] publishes a `handoff.v1.DeadLetter` record with the
+//!   original message and every piece of context to the dead-letter exchange, routing
+//!   key `{stage}.{class label}`.
 //!
 //! If that output cannot be confirmed, the input is nacked with requeue: the message
 //! is tried again, never lost; the queue's delivery limit stops it looping forever.
@@ -264,10 +264,8 @@ pub async fn run<H: Handler>(
     if in_flight > 0 {
         info!(queue = %queue, in_flight, "Letting in-flight messages finish.");
     }
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         warn!(queue = %queue, left = tasks.len(), ?grace, "Shutdown grace ran out; the broker will redeliver what was cut off.");
         tasks.shutdown().await;
@@ -407,7 +405,10 @@ async fn settle(
             let mut headers = FieldTable::default();
             for key in [trace::TRACEPARENT, trace::TRACESTATE] {
                 if let Some(value) = delivery.headers.get(key) {
-                    headers.insert(key.into(), AMQPValue::LongString(LongString::from(value.as_str())));
+                    headers.insert(
+                        key.into(),
+                        AMQPValue::LongString(LongString::from(value.as_str())),
+                    );
                 }
             }
             let mut properties = BasicProperties::default()
@@ -498,9 +499,15 @@ fn retry_copy(
         headers::HEADER_FIRST_FAILED_AT,
         headers::format_time(delivery.first_failed_at.unwrap_or(now)),
     );
-    set(headers::HEADER_ATTEMPTS, headers::encode_attempts(&attempts));
+    set(
+        headers::HEADER_ATTEMPTS,
+        headers::encode_attempts(&attempts),
+    );
     set(headers::HEADER_ORIGIN_EXCHANGE, delivery.exchange.clone());
-    set(headers::HEADER_ORIGIN_ROUTING_KEY, delivery.routing_key.clone());
+    set(
+        headers::HEADER_ORIGIN_ROUTING_KEY,
+        delivery.routing_key.clone(),
+    );
     raw.properties
         .clone()
         .with_headers(FieldTable::from(entries))

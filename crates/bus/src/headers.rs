@@ -190,7 +190,10 @@ mod tests {
         table.insert("i".into(), AMQPValue::LongInt(-7));
         table.insert("b".into(), AMQPValue::Boolean(true));
         table.insert("t".into(), AMQPValue::Timestamp(1_700_000_000));
-        table.insert("bytes".into(), AMQPValue::ByteArray(vec![0xde, 0xad].into()));
+        table.insert(
+            "bytes".into(),
+            AMQPValue::ByteArray(vec![0xde, 0xad].into()),
+        );
         table.insert(
             "x-death".into(),
             AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(inner)])),

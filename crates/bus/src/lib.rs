@@ -18,6 +18,10 @@
 //!
 //! The queue topology is described in ARCHITECTURE.md and on [`Topology`].
 
+// Every public item is documented (the workspace allows missing docs; this crate is
+// a contract other crates are written against).
+#![warn(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -254,10 +258,9 @@ mod tests {
         assert!(bad(|c| c.url = "http://nope".into()));
         assert!(bad(|c| c.prefetch = 0));
         assert!(bad(|c| c.retry_delays.clear()));
-        assert!(bad(|c| c.retry_delays = vec![
-            Duration::from_secs(5),
-            Duration::from_secs(1)
-        ]));
+        assert!(bad(
+            |c| c.retry_delays = vec![Duration::from_secs(5), Duration::from_secs(1)]
+        ));
         assert!(bad(|c| c.reconnect_min_delay = Duration::from_secs(10)));
         assert!(bad(|c| c.max_attempts = 0));
         assert!(bad(|c| c.publish_channels = 0));

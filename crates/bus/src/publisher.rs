@@ -250,8 +250,10 @@ async fn dispatch(
             reply,
         } = message
         {
-            in_flight.push(Box::pin(async move { (seq, routing_key, reply, confirm.await) })
-                as Pin<Box<dyn Future<Output = Resolved> + Send>>);
+            in_flight.push(
+                Box::pin(async move { (seq, routing_key, reply, confirm.await) })
+                    as Pin<Box<dyn Future<Output = Resolved> + Send>>,
+            );
         }
     };
     loop {

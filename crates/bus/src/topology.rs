@@ -122,11 +122,11 @@ impl Topology {
 /// A short, stable label for a delay tier: `500ms`, `1s`, `30s`, `2m`, `1h`.
 pub(crate) fn tier_label(delay: Duration) -> String {
     let ms = delay.as_millis();
-    if ms == 0 || ms % 1000 != 0 {
+    if ms == 0 || !ms.is_multiple_of(1000) {
         format!("{ms}ms")
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else {
         format!("{}s", ms / 1000)
@@ -230,7 +230,10 @@ async fn declare_on(
         let mut args = quorum_args(&dlx);
         // Poison-message backstop: after this many deliveries the broker
         // dead-letters the message (x-death says why) instead of redelivering it.
-        args.insert("x-delivery-limit".into(), int(u64::from(cfg.delivery_limit)));
+        args.insert(
+            "x-delivery-limit".into(),
+            int(u64::from(cfg.delivery_limit)),
+        );
         channel
             .queue_declare(short(&queue)?, durable_queue, args)
             .await?;

@@ -72,7 +72,9 @@ pub fn trace_id_from_traceparent(traceparent: &str) -> Option<String> {
     let span_id = parts.next()?;
     let flags = parts.next()?;
     let lower_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let well_formed = lower_hex(version, 2)
         && version != "ff"

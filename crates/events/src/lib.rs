@@ -10,7 +10,11 @@ use std::str::FromStr;
 
 /// Generated protobuf types of package `handoff.v1`.
 pub mod v1 {
-    #![allow(missing_docs, clippy::doc_lazy_continuation, clippy::large_enum_variant)]
+    #![allow(
+        missing_docs,
+        clippy::doc_lazy_continuation,
+        clippy::large_enum_variant
+    )]
     include!(concat!(env!("OUT_DIR"), "/handoff.v1.rs"));
 }
 
@@ -183,7 +187,10 @@ mod tests {
             assert_eq!(t.as_str().parse::<EventType>(), Ok(t));
         }
         assert!("lead.deleted".parse::<EventType>().is_err());
-        assert_eq!(EventType::DealStageChanged.raw_routing_key(), "raw.deal.stage_changed");
+        assert_eq!(
+            EventType::DealStageChanged.raw_routing_key(),
+            "raw.deal.stage_changed"
+        );
         assert_eq!(
             EventType::PaymentFailed.canonical_routing_key(),
             "canonical.payment.failed"
@@ -194,10 +201,19 @@ mod tests {
     fn event_ids_follow_the_rules() {
         assert!(EventId::parse("evt_2026_03_19_000123").is_ok());
         assert_eq!(EventId::parse(""), Err(InvalidEventId::Empty));
-        assert_eq!(EventId::parse(&"a".repeat(129)), Err(InvalidEventId::TooLong));
+        assert_eq!(
+            EventId::parse(&"a".repeat(129)),
+            Err(InvalidEventId::TooLong)
+        );
         assert!(EventId::parse(&"a".repeat(128)).is_ok());
-        assert_eq!(EventId::parse("has space"), Err(InvalidEventId::NotPrintable));
-        assert_eq!(EventId::parse("tab\there"), Err(InvalidEventId::NotPrintable));
+        assert_eq!(
+            EventId::parse("has space"),
+            Err(InvalidEventId::NotPrintable)
+        );
+        assert_eq!(
+            EventId::parse("tab\there"),
+            Err(InvalidEventId::NotPrintable)
+        );
         assert_eq!(EventId::parse("é"), Err(InvalidEventId::NotPrintable));
     }
 

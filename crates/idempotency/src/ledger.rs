@@ -81,7 +81,11 @@ impl LedgerUpdate {
     }
 
     /// Adds one entry to [`LedgerUpdate::detail`].
-    pub fn with_detail(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn with_detail(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         self.detail.insert(key.into(), value.into());
         self
     }

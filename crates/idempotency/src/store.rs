@@ -235,7 +235,11 @@ impl Store {
 
     /// Deletes the started record if it is still ours, so a retry can claim at once after a failed
     /// side effect. Anything else there (another claim, a finished record) is left untouched.
-    pub async fn release(&self, key: &IdempotencyKey, token: &ClaimToken) -> Result<(), StoreError> {
+    pub async fn release(
+        &self,
+        key: &IdempotencyKey,
+        token: &ClaimToken,
+    ) -> Result<(), StoreError> {
         self.release_if_ours(key, token).await.map(|_| ())
     }
 

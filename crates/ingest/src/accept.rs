@@ -125,7 +125,9 @@ impl Acceptor {
             warn!(event_id = %event_id, error = %err, "The broker did not take the event.");
             metrics::publish_failed(&err);
             return Err(match err {
-                BusError::Unroutable(_) => ApiError::unavailable("the event route", self.retry_after),
+                BusError::Unroutable(_) => {
+                    ApiError::unavailable("the event route", self.retry_after)
+                }
                 _ => ApiError::unavailable("the message broker", self.retry_after),
             });
         }
@@ -209,7 +211,8 @@ mod tests {
     #[test]
     fn fingerprint_ignores_key_order_and_whitespace() {
         let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"s"}}"#).expect("json");
-        let b: Value = serde_json::from_str("{ \"a\" : {\"x\":\"s\", \"y\":[1, 2]},\n \"b\":1 }").expect("json");
+        let b: Value = serde_json::from_str("{ \"a\" : {\"x\":\"s\", \"y\":[1, 2]},\n \"b\":1 }")
+            .expect("json");
         assert_eq!(fingerprint(&a), fingerprint(&b));
     }
 

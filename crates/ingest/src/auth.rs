@@ -96,9 +96,11 @@ impl Publishers {
 
     /// The publisher behind `Authorization: Bearer <key>`, or 401.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Publisher>, ApiError> {
-        let value = headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header is missing; send `Authorization: Bearer <api key>`"))?;
+        let value = headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized(
+                "the Authorization header is missing; send `Authorization: Bearer <api key>`",
+            )
+        })?;
         let value = value
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
@@ -107,7 +109,9 @@ impl Publishers {
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <api key>`")
+            })?;
         self.by_key_hash
             .get(&key_sha256(key))
             .cloned()
@@ -144,7 +148,12 @@ mod tests {
     #[test]
     fn keys_are_checked_by_hash() {
         let reg = registry();
-        assert_eq!(reg.authenticate(&bearer("Bearer s3cret")).map(|p| p.id.clone()).ok(), Some("billing".into()));
+        assert_eq!(
+            reg.authenticate(&bearer("Bearer s3cret"))
+                .map(|p| p.id.clone())
+                .ok(),
+            Some("billing".into())
+        );
         assert!(reg.authenticate(&bearer("Bearer nope")).is_err());
         assert!(reg.authenticate(&bearer("Basic s3cret")).is_err());
         assert!(reg.authenticate(&HeaderMap::new()).is_err());
@@ -152,9 +161,14 @@ mod tests {
 
     #[test]
     fn event_types_and_rates_are_enforced() {
-        let p = registry().authenticate(&bearer("Bearer s3cret")).expect("auth");
+        let p = registry()
+            .authenticate(&bearer("Bearer s3cret"))
+            .expect("auth");
         assert!(p.check_allowed(EventType::PaymentFailed).is_ok());
-        assert_eq!(p.check_allowed(EventType::LeadCreated).unwrap_err().status, 403);
+        assert_eq!(
+            p.check_allowed(EventType::LeadCreated).unwrap_err().status,
+            403
+        );
         assert!(p.check_rate(1).is_ok());
         assert!(p.check_rate(1).is_ok());
         let err = p.check_rate(1).unwrap_err();

@@ -195,7 +195,9 @@ impl Validate for Config {
             ));
         }
         if self.http.body_limit_bytes == 0 || self.http.batch_max_events == 0 {
-            return invalid("http.body_limit_bytes and http.batch_max_events must be positive".into());
+            return invalid(
+                "http.body_limit_bytes and http.batch_max_events must be positive".into(),
+            );
         }
         let mut ids = BTreeSet::new();
         let mut keys = BTreeSet::new();
@@ -216,15 +218,21 @@ impl Validate for Config {
                 ));
             }
             if !keys.insert(hash) {
-                return invalid(format!("publishers[{i}].key_sha256 is shared with another publisher"));
+                return invalid(format!(
+                    "publishers[{i}].key_sha256 is shared with another publisher"
+                ));
             }
             for t in &p.event_types {
                 if t != "*" && t.parse::<EventType>().is_err() {
-                    return invalid(format!("publishers[{i}].event_types: unknown event type {t:?}"));
+                    return invalid(format!(
+                        "publishers[{i}].event_types: unknown event type {t:?}"
+                    ));
                 }
             }
             if p.rate_per_second == 0 || p.burst == 0 {
-                return invalid(format!("publishers[{i}]: rate_per_second and burst must be positive"));
+                return invalid(format!(
+                    "publishers[{i}]: rate_per_second and burst must be positive"
+                ));
             }
         }
         Ok(())
@@ -253,15 +261,32 @@ mod tests {
     #[test]
     fn bad_publishers_are_refused_with_the_key_named() {
         let hash = "a".repeat(64);
-        let mut cfg = Config::default();
-        cfg.publishers = vec![publisher("a", &hash), publisher("a", &"b".repeat(64))];
-        assert!(cfg.validate().unwrap_err().to_string().contains("publishers[1].id"));
+        let mut cfg = Config {
+            publishers: vec![publisher("a", &hash), publisher("a", &"b".repeat(64))],
+            ..Config::default()
+        };
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("publishers[1].id")
+        );
         cfg.publishers = vec![publisher("a", "secret-key")];
-        assert!(cfg.validate().unwrap_err().to_string().contains("key_sha256"));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("key_sha256")
+        );
         let mut p = publisher("a", &hash);
         p.event_types = vec!["lead.deleted".into()];
         cfg.publishers = vec![p];
-        assert!(cfg.validate().unwrap_err().to_string().contains("lead.deleted"));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("lead.deleted")
+        );
     }
 
     #[test]

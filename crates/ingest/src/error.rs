@@ -62,7 +62,9 @@ impl ApiError {
             "unknown_event_type",
             format!(
                 "{name:?} is not a v1 event type; expected one of {}",
-                handoff_events::EventType::ALL.map(|t| t.as_str()).join(", ")
+                handoff_events::EventType::ALL
+                    .map(|t| t.as_str())
+                    .join(", ")
             ),
         )
     }
@@ -171,7 +173,9 @@ impl ApiError {
         let mut err = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("{what} is unavailable; the event was not stored, retry after the Retry-After delay"),
+            format!(
+                "{what} is unavailable; the event was not stored, retry after the Retry-After delay"
+            ),
         );
         err.retry_after = Some(retry_after);
         err

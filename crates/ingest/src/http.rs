@@ -17,8 +17,8 @@ use axum::routing::post;
 use futures::future::join_all;
 use handoff_bus::Headers;
 use handoff_events::EventType;
-use serde_json::{Value, json};
 use opentelemetry::trace::TraceContextExt;
+use serde_json::{Value, json};
 use tracing::{Instrument, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -43,7 +43,10 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events:batch", post(post_batch))
-        .route("/v1/events/{event_type_or_id}", post(post_event).get(get_event))
+        .route(
+            "/v1/events/{event_type_or_id}",
+            post(post_event).get(get_event),
+        )
         .fallback(not_found)
         .with_state(Arc::new(state))
 }
@@ -58,37 +61,49 @@ async fn post_event(
     Path(event_type): Path<String>,
     request: Request,
 ) -> Response {
-    let started = Instant::now();
     let span = request_span("POST /v1/events/{event_type}", request.headers());
-    let response = async {
-        let result = tokio::time::timeout(
-            state.request_timeout,
-            accept_one(&state, &event_type, request),
-        )
-        .await
-        .unwrap_or_else(|_| Err(ApiError::timeout()));
-        let response = match result {
-            Ok((Accepted::New { trace_id }, event_id)) => (
+    respond(&state, "single", span, async {
+        let (accepted, event_id) = accept_one(&state, &event_type, request).await?;
+        Ok(match accepted {
+            Accepted::New { trace_id } => (
                 StatusCode::ACCEPTED,
-                axum::Json(json!({"event_id": event_id, "status": "accepted", "trace_id": trace_id})),
+                axum::Json(
+                    json!({"event_id": event_id, "status": "accepted", "trace_id": trace_id}),
+                ),
             )
                 .into_response(),
-            Ok((Accepted::Duplicate, event_id)) => (
+            Accepted::Duplicate => (
                 StatusCode::OK,
                 axum::Json(json!({"event_id": event_id, "status": "duplicate"})),
             )
                 .into_response(),
-            Err(err) => {
-                metrics::rejected(&err);
-                err.into_response()
-            }
-        };
-        metrics::request("single", response.status(), started.elapsed());
+        })
+    })
+    .await
+}
+
+/// Runs one request's work inside its server span, bounded by the request
+/// timeout; turns errors into their JSON answer and counts the request.
+async fn respond(
+    state: &AppState,
+    endpoint: &'static str,
+    span: Span,
+    work: impl Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let started = Instant::now();
+    async {
+        let result = tokio::time::timeout(state.request_timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::timeout()));
+        let response = result.unwrap_or_else(|err| {
+            metrics::rejected(&err);
+            err.into_response()
+        });
+        metrics::request(endpoint, response.status(), started.elapsed());
         response
     }
     .instrument(span)
-    .await;
-    response
+    .await
 }
 
 async fn accept_one(
@@ -126,25 +141,12 @@ async fn accept_one(
 ///
 /// Every item gets its own result; one bad item does not fail the others.
 async fn post_batch(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let started = Instant::now();
     let span = request_span("POST /v1/events:batch", request.headers());
-    let response = async {
-        let result = tokio::time::timeout(state.request_timeout, accept_batch(&state, request))
-            .await
-            .unwrap_or_else(|_| Err(ApiError::timeout()));
-        let response = match result {
-            Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
-            Err(err) => {
-                metrics::rejected(&err);
-                err.into_response()
-            }
-        };
-        metrics::request("batch", response.status(), started.elapsed());
-        response
-    }
-    .instrument(span)
-    .await;
-    response
+    respond(&state, "batch", span, async {
+        let body = accept_batch(&state, request).await?;
+        Ok((StatusCode::OK, axum::Json(body)).into_response())
+    })
+    .await
 }
 
 async fn accept_batch(state: &AppState, request: Request) -> Result<Value, ApiError> {
@@ -153,13 +155,19 @@ async fn accept_batch(state: &AppState, request: Request) -> Result<Value, ApiEr
     let body = read_json_body(request, state.batch_body_limit).await?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::malformed_json(&e))?;
     let Value::Object(mut batch) = value else {
-        return Err(ApiError::bad_batch("the body must be an object with an `events` array".into()));
+        return Err(ApiError::bad_batch(
+            "the body must be an object with an `events` array".into(),
+        ));
     };
     let Some(Value::Array(items)) = batch.remove("events") else {
-        return Err(ApiError::bad_batch("the body must have an `events` array".into()));
+        return Err(ApiError::bad_batch(
+            "the body must have an `events` array".into(),
+        ));
     };
     if let Some(extra) = batch.keys().next() {
-        return Err(ApiError::bad_batch(format!("{extra:?} is not a known batch field; only `events` is")));
+        return Err(ApiError::bad_batch(format!(
+            "{extra:?} is not a known batch field; only `events` is"
+        )));
     }
     if items.is_empty() || items.len() > state.batch_max_events {
         return Err(ApiError::bad_batch(format!(
@@ -180,7 +188,7 @@ async fn accept_batch(state: &AppState, request: Request) -> Result<Value, ApiEr
             event_id = field::Empty,
             trace_id = field::Empty,
         );
-        let _ = item_span.add_link(batch_context.span().span_context().clone());
+        item_span.add_link(batch_context.span().span_context().clone());
         let publisher = publisher.clone();
         async move {
             if let Some(trace_id) = handoff_bus::trace::current_trace_id() {
@@ -207,7 +215,10 @@ async fn accept_item(
     item: Value,
 ) -> Result<(Accepted, String), (ApiError, Option<String>)> {
     let Value::Object(mut event) = item else {
-        return Err((ApiError::bad_batch("each item must be an event object".into()), None));
+        return Err((
+            ApiError::bad_batch("each item must be an event object".into()),
+            None,
+        ));
     };
     let event_type = match event.remove("event_type") {
         Some(Value::String(t)) => t,
@@ -219,18 +230,22 @@ async fn accept_item(
             return Err((ApiError::validation_failed(fields), None));
         }
     };
-    let event_id_hint = event.get("event_id").and_then(Value::as_str).map(str::to_owned);
+    let event_id_hint = event
+        .get("event_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let fail = |e: ApiError| (e, event_id_hint.clone());
     let event_type: EventType = event_type
         .parse()
         .map_err(|_| fail(ApiError::unknown_event_type(&event_type)))?;
     publisher.check_allowed(event_type).map_err(fail)?;
     let value = Value::Object(event);
-    let checked = contract::check(event_type, &value)
-        .map_err(|f| fail(ApiError::validation_failed(f)))?;
+    let checked =
+        contract::check(event_type, &value).map_err(|f| fail(ApiError::validation_failed(f)))?;
     let event_id = checked.event_id.as_str().to_owned();
     Span::current().record("event_id", event_id.as_str());
-    let body = serde_json::to_vec(&value).map_err(|e| fail(ApiError::unreadable_body(e.to_string())))?;
+    let body =
+        serde_json::to_vec(&value).map_err(|e| fail(ApiError::unreadable_body(e.to_string())))?;
     let accepted = state
         .acceptor
         .accept(Candidate {
@@ -246,7 +261,10 @@ async fn accept_item(
     Ok((accepted, event_id))
 }
 
-fn batch_result(index: usize, result: Result<(Accepted, String), (ApiError, Option<String>)>) -> Value {
+fn batch_result(
+    index: usize,
+    result: Result<(Accepted, String), (ApiError, Option<String>)>,
+) -> Value {
     match result {
         Ok((Accepted::New { trace_id }, event_id)) => json!({
             "index": index, "event_id": event_id, "status": "accepted", "status_code": 202, "trace_id": trace_id,
@@ -276,8 +294,8 @@ async fn get_event(
     Path(event_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let started = Instant::now();
-    let result = async {
+    let span = request_span("GET /v1/events/{event_id}", &headers);
+    respond(&state, "status", span, async {
         let publisher = state.publishers.authenticate(&headers)?;
         let ledger = state
             .acceptor
@@ -285,26 +303,22 @@ async fn get_event(
             .ledger_get(&publisher.id, &event_id)
             .await
             .map_err(|_| ApiError::unavailable("the status ledger", state.acceptor.retry_after))?;
-        ledger.ok_or_else(|| {
+        let ledger = ledger.ok_or_else(|| {
             ApiError::not_found(format!("no event {event_id:?} is known for this publisher"))
-        })
-    }
-    .await;
-    let response = match result {
-        Ok(ledger) => (StatusCode::OK, axum::Json(ledger)).into_response(),
-        Err(err) => err.into_response(),
-    };
-    metrics::request("status", response.status(), started.elapsed());
-    response
+        })?;
+        Ok((StatusCode::OK, axum::Json(ledger)).into_response())
+    })
+    .await
 }
 
 /// The server span of one request, a child of the caller's `traceparent` if any.
 fn request_span(route: &'static str, headers: &HeaderMap) -> Span {
+    let method = route.split(' ').next().unwrap_or("POST");
     let span = tracing::info_span!(
         "ingest.request",
         otel.name = route,
         otel.kind = "server",
-        http.request.method = "POST",
+        http.request.method = method,
         http.route = route,
         publisher_id = field::Empty,
         event_id = field::Empty,
@@ -329,10 +343,18 @@ fn request_span(route: &'static str, headers: &HeaderMap) -> Span {
 /// `Content-Length` first, then while reading), 400 if the stream breaks.
 async fn read_json_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
     let headers = request.headers();
-    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("?"));
     let is_json = content_type.is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+        let essence = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
     });
     if !is_json {
         return Err(ApiError::unsupported_media_type(content_type));

@@ -45,7 +45,11 @@ pub async fn run(
     handoff_kit::metrics::install();
     // The broker outlives the HTTP server: in-flight requests still need their confirms.
     let bus_shutdown = CancellationToken::new();
-    let bus = Bus::start(cfg.bus.clone(), Topology::v1(&cfg.namespace), bus_shutdown.clone());
+    let bus = Bus::start(
+        cfg.bus.clone(),
+        Topology::v1(&cfg.namespace),
+        bus_shutdown.clone(),
+    );
     let store = Store::new(&cfg.redis, &cfg.namespace).context("configuring Redis")?;
     store.spawn_health_monitor(Duration::from_secs(1), bus_shutdown.clone());
 
@@ -88,14 +92,16 @@ pub async fn run(
 
     let draining = readiness.clone();
     let stop_accepting = shutdown.clone();
-    let server = axum::serve(http_listener, http::router(state)).with_graceful_shutdown(async move {
-        stop_accepting.cancelled().await;
-        draining.set_draining();
-        info!("Shutting down: no new connections, finishing requests in flight.");
-    });
+    let server =
+        axum::serve(http_listener, http::router(state)).with_graceful_shutdown(async move {
+            stop_accepting.cancelled().await;
+            draining.set_draining();
+            info!("Shutting down: no new connections, finishing requests in flight.");
+        });
     let server = tokio::spawn(server.into_future());
     shutdown.cancelled().await;
-    let drained = handoff_kit::shutdown::drain("in-flight HTTP requests", cfg.shutdown.grace, server).await;
+    let drained =
+        handoff_kit::shutdown::drain("in-flight HTTP requests", cfg.shutdown.grace, server).await;
 
     bus.close().await;
     bus_shutdown.cancel();

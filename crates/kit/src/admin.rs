@@ -106,7 +106,10 @@ impl Readiness {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        checks.into_iter().map(|(name, check)| (name, check())).collect()
+        checks
+            .into_iter()
+            .map(|(name, check)| (name, check()))
+            .collect()
     }
 
     /// Marks shutdown as started: from now on the service reports not ready, whatever the checks say.
@@ -159,7 +162,11 @@ pub async fn serve(
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -174,7 +181,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
         .iter()
         .map(|(name, ok)| ((*name).to_owned(), serde_json::Value::Bool(*ok)))
         .collect();
-    let mut failing: Vec<&str> = report.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+    let mut failing: Vec<&str> = report
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
     if draining {
         failing.push("draining");
     }

@@ -11,7 +11,8 @@
 //! Environment variables: `HANDOFF_BUS__URL=amqp://...` sets `bus.url` (nested keys are separated by
 //! a double underscore, keys are lower-cased). Values are parsed like TOML values, so
 //! `HANDOFF_INGEST__TYPES=[a, b]` is a list and `HANDOFF_X={ a = 1 }` an inline table; anything that
-//! does not parse is taken as a plain string. `HANDOFF_CONFIG` names the file and is not a key.
+//! does not parse is taken as a plain string. `HANDOFF_CONFIG` names the file and is not a key;
+//! `HANDOFF_TEST_*` belongs to the test harness and is ignored.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,10 @@ pub const ENV_PREFIX: &str = "HANDOFF_";
 
 /// Environment variable naming the configuration file when no `--config` is given.
 pub const CONFIG_FILE_ENV: &str = "HANDOFF_CONFIG";
+
+/// Prefix reserved for the test harness (`HANDOFF_TEST_REDIS_URL`, ...): never a configuration key,
+/// so a developer's test settings cannot make a service refuse to start.
+pub const TEST_ENV_PREFIX: &str = "HANDOFF_TEST_";
 
 /// Separator between nested keys in an environment variable name (`HANDOFF_BUS__URL` -> `bus.url`).
 pub const ENV_KEY_SEPARATOR: &str = "__";
@@ -116,7 +121,7 @@ impl EnvProvider {
     fn new<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let vars = vars
             .into_iter()
-            .filter(|(k, _)| *k != CONFIG_FILE_ENV)
+            .filter(|(k, _)| *k != CONFIG_FILE_ENV && !k.starts_with(TEST_ENV_PREFIX))
             .filter_map(|(k, v)| {
                 let rest = k.strip_prefix(ENV_PREFIX)?;
                 Some((rest.to_ascii_lowercase(), v.to_owned()))
@@ -128,7 +133,8 @@ impl EnvProvider {
 
 impl Provider for EnvProvider {
     fn metadata(&self) -> Metadata {
-        Metadata::named(ENV_METADATA_NAME).interpolater(|_: &Profile, keys: &[&str]| env_var_name(keys))
+        Metadata::named(ENV_METADATA_NAME)
+            .interpolater(|_: &Profile, keys: &[&str]| env_var_name(keys))
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -245,8 +251,8 @@ pub fn load_or_exit<T>(service: &str) -> T
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    let loaded = config_path_from_args(std::env::args().skip(1))
-        .and_then(|path| load::<T>(path.as_deref()));
+    let loaded =
+        config_path_from_args(std::env::args().skip(1)).and_then(|path| load::<T>(path.as_deref()));
     match loaded {
         Ok(cfg) => cfg,
         Err(err) => {

@@ -85,7 +85,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drain_times_out_and_reports_false() {
         let started = tokio::time::Instant::now();
-        let done = drain("slow thing", Duration::from_secs(10), std::future::pending::<()>()).await;
+        let done = drain(
+            "slow thing",
+            Duration::from_secs(10),
+            std::future::pending::<()>(),
+        )
+        .await;
         assert!(!done);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
     }

@@ -3,7 +3,8 @@
 //!
 //! The subscriber has three parts:
 //! - an `EnvFilter` built from `RUST_LOG` (if set) or [`TelemetryConfig::log_filter`], which decides
-//!   which *events* are logged. Spans at `INFO` and above are always kept, whatever the filter
+//!   which *events* are logged (the OpenTelemetry SDK's own messages are capped at `warn` unless the
+//!   directive names them). Spans at `INFO` and above are always kept, whatever the filter
 //!   says, so a `warn!` inside an `info_span!` still carries the span's `event_id`, and every
 //!   request still has a trace;
 //! - a formatting layer: JSON lines ([`json`]) in production, human-readable text otherwise;
@@ -29,11 +30,11 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::{Deserialize, Serialize};
 use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
 use tracing_subscriber::filter::{FilterExt, filter_fn};
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// How log lines are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -109,23 +110,24 @@ impl std::fmt::Debug for TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Err(err) = self.provider.force_flush() {
-            tracing::debug!(error = %err, "Flushing spans at shutdown failed.");
-        }
+        // `shutdown` exports what is buffered first; a separate `force_flush` would wait a second
+        // time on a collector that is not answering.
         if let Err(err) = self.provider.shutdown_with_timeout(Self::SHUTDOWN_TIMEOUT) {
             tracing::warn!(error = %err, "Tracer provider did not shut down cleanly; some spans may be lost.");
         }
     }
 }
 
-/// Installs logging and tracing for `service` (see the module docs). Call once, early in `main`,
-/// inside the Tokio runtime, and keep the guard until the service has drained.
-pub fn init(service: &'static str, cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+/// Installs logging and tracing for `service` (see the module docs). Call once, early in `main`, and
+/// keep the guard until the service has drained; a second call fails with
+/// [`TelemetryError::AlreadyInstalled`].
+pub fn init(
+    service: &'static str,
+    cfg: &TelemetryConfig,
+) -> Result<TelemetryGuard, TelemetryError> {
     let directive = env_nonempty("RUST_LOG").unwrap_or_else(|| cfg.log_filter.clone());
-    // Two filters from the same directive: one for the log output, one for the OTel layer
-    // (`EnvFilter` is not `Clone`).
-    let log_filter = event_filter(&directive)?;
-    let otel_filter = event_filter(&directive)?;
+    let log_filter = event_filter(&log_directive(&directive), &directive)?;
+    let otel_filter = event_filter(&otel_directive(&directive), &directive)?;
 
     let provider = tracer_provider(service, exporter_wanted())?;
     let otel_layer = tracing_opentelemetry::layer()
@@ -163,8 +165,10 @@ pub fn init_for_tests() {
     static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
     ONCE.call_once(|| {
         let directive = env_nonempty("RUST_LOG").unwrap_or_else(|| "warn".to_owned());
-        let (Ok(log_filter), Ok(otel_filter)) = (event_filter(&directive), event_filter(&directive))
-        else {
+        let (Ok(log_filter), Ok(otel_filter)) = (
+            event_filter(&log_directive(&directive), &directive),
+            event_filter(&otel_directive(&directive), &directive),
+        ) else {
             eprintln!("init_for_tests: RUST_LOG={directive:?} does not parse; test logs are off");
             return;
         };
@@ -198,15 +202,42 @@ pub fn current_trace_id() -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// The directive for log output: the OpenTelemetry SDK's own chatter ("global tracer provider is
+/// set", export retries) is capped at `warn` unless the directive mentions it explicitly.
+fn log_directive(directive: &str) -> String {
+    if directive.contains("opentelemetry") {
+        directive.to_owned()
+    } else {
+        join_directives(directive, "opentelemetry=warn")
+    }
+}
+
+/// The directive for the OpenTelemetry layer: the SDK's own events are never turned into span
+/// events, so exporting can never feed back into what is exported.
+fn otel_directive(directive: &str) -> String {
+    join_directives(directive, "opentelemetry=off")
+}
+
+fn join_directives(a: &str, b: &str) -> String {
+    if a.trim().is_empty() {
+        b.to_owned()
+    } else {
+        format!("{a},{b}")
+    }
+}
+
 /// Events pass when `directive` enables them; spans at `INFO` and above always pass, so their fields
 /// (`event_id`, ...) stay available to every log line inside them and every request gets a trace.
+/// `given` is what the operator wrote, for the error message. (Each layer builds its own filter:
+/// `EnvFilter` is not `Clone`.)
 fn event_filter(
     directive: &str,
+    given: &str,
 ) -> Result<impl Filter<Registry> + Send + Sync + 'static, TelemetryError> {
     let env = EnvFilter::builder()
         .parse(directive)
         .map_err(|source| TelemetryError::Filter {
-            filter: directive.to_owned(),
+            filter: given.to_owned(),
             source,
         })?;
     let spans = filter_fn(|meta| meta.is_span() && *meta.level() <= Level::INFO)
@@ -216,7 +247,8 @@ fn event_filter(
 
 /// True when an OTLP endpoint is configured and the SDK is not disabled.
 fn exporter_wanted() -> bool {
-    let disabled = env_nonempty("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let disabled =
+        env_nonempty("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let endpoint = env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
     endpoint && !disabled
@@ -225,7 +257,10 @@ fn exporter_wanted() -> bool {
 /// The SDK tracer provider: resource `service.name = service` (plus `OTEL_RESOURCE_ATTRIBUTES`),
 /// the SDK's default sampler (parent-based always-on, or whatever `OTEL_TRACES_SAMPLER` picks),
 /// and, when `export` is true, a batch OTLP/HTTP (protobuf) exporter.
-fn tracer_provider(service: &'static str, export: bool) -> Result<SdkTracerProvider, TelemetryError> {
+fn tracer_provider(
+    service: &'static str,
+    export: bool,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let resource = Resource::builder().with_service_name(service).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if export {
@@ -241,4 +276,28 @@ fn tracer_provider(service: &'static str, export: bool) -> Result<SdkTracerProvi
 
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_tame_the_sdk_unless_asked() {
+        assert_eq!(log_directive("info"), "info,opentelemetry=warn");
+        assert_eq!(
+            log_directive("debug,opentelemetry=debug"),
+            "debug,opentelemetry=debug"
+        );
+        assert_eq!(log_directive(""), "opentelemetry=warn");
+        assert_eq!(otel_directive("info"), "info,opentelemetry=off");
+    }
+
+    #[test]
+    fn a_bad_filter_names_what_was_given() {
+        let Err(err) = event_filter(&log_directive("info,[["), "info,[[") else {
+            panic!("the directive does not parse");
+        };
+        assert!(err.to_string().contains("\"info,[[\""), "{err}");
+    }
 }

@@ -47,7 +47,11 @@ fn host_port(url: &str, default_port: u16) -> SocketAddr {
         Some((h, p)) => (h, p.parse().unwrap_or(default_port)),
         None => (authority, default_port),
     };
-    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    let host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
     format!("{host}:{port}")
         .parse()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)))
@@ -78,7 +82,11 @@ pub async fn cleanup_redis(prefix: &str) {
         return;
     };
     let pattern = format!("{prefix}:*");
-    let keys: Vec<String> = match redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await {
+    let keys: Vec<String> = match redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+    {
         Ok(keys) => keys,
         Err(_) => return,
     };
@@ -180,7 +188,13 @@ mod tests {
             url_via("amqp://guest:guest@127.0.0.1:5672/%2f", addr),
             "amqp://guest:guest@127.0.0.1:40000/%2f"
         );
-        assert_eq!(url_via("redis://127.0.0.1:6379/", addr), "redis://127.0.0.1:40000/");
-        assert_eq!(host_port("amqp://guest:guest@localhost:5672/%2f", 1).port(), 5672);
+        assert_eq!(
+            url_via("redis://127.0.0.1:6379/", addr),
+            "redis://127.0.0.1:40000/"
+        );
+        assert_eq!(
+            host_port("amqp://guest:guest@localhost:5672/%2f", 1).port(),
+            5672
+        );
     }
 }

@@ -285,7 +285,10 @@ async fn a_message_over_the_delivery_limit_reaches_the_dead_letters() {
         ..config()
     };
     let test = TestBus::start(topology.clone(), cfg).await;
-    test.bus.publish(raw_event("poison")).await.expect("publish");
+    test.bus
+        .publish(raw_event("poison"))
+        .await
+        .expect("publish");
 
     // A raw client that keeps giving the message back, as a crashing consumer would.
     let conn = lapin::Connection::connect(
@@ -321,12 +324,18 @@ async fn a_message_over_the_delivery_limit_reaches_the_dead_letters() {
         }
     }
     let _ = conn.close(200, "done".into()).await;
-    assert_eq!(deliveries, 3, "delivered up to the limit, then dead-lettered");
+    assert_eq!(
+        deliveries, 3,
+        "delivered up to the limit, then dead-lettered"
+    );
 
     let (delivery, record) = one_dead_letter(&test.bus).await;
     assert_eq!(delivery.message_id.as_deref(), Some("poison"));
     assert_eq!(
-        delivery.headers.get("x-first-death-reason").map(String::as_str),
+        delivery
+            .headers
+            .get("x-first-death-reason")
+            .map(String::as_str),
         Some("delivery_limit")
     );
     assert_eq!(record.error_class, ErrorClass::Broker as i32);
@@ -417,7 +426,10 @@ async fn shutdown_lets_in_flight_handlers_finish_and_ack() {
             .expect("count"),
         0
     );
-    assert!(test.bus.is_ready(), "shutdown of a consumer leaves the bus up");
+    assert!(
+        test.bus.is_ready(),
+        "shutdown of a consumer leaves the bus up"
+    );
     test.finish().await;
 }
 

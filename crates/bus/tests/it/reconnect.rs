@@ -54,7 +54,10 @@ async fn a_cut_connection_comes_back_without_a_restart() {
         ..config()
     };
     let test = TestBus::start(topology.clone(), cfg).await;
-    test.bus.publish(raw_event("before")).await.expect("publish");
+    test.bus
+        .publish(raw_event("before"))
+        .await
+        .expect("publish");
 
     proxy.cut();
     eventually("not ready", Duration::from_secs(5), || async {
@@ -124,9 +127,11 @@ async fn a_consumer_resubscribes_after_the_connection_comes_back() {
     .await;
     direct.bus.publish(raw_event("e2")).await.expect("publish");
     proxy.restore();
-    eventually("message after the outage", Duration::from_secs(10), || async {
-        (handler.0.load(Ordering::SeqCst) >= 2).then_some(())
-    })
+    eventually(
+        "message after the outage",
+        Duration::from_secs(10),
+        || async { (handler.0.load(Ordering::SeqCst) >= 2).then_some(()) },
+    )
     .await;
 
     through_proxy.shutdown.cancel();

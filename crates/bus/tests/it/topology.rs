@@ -22,7 +22,10 @@ async fn declaring_the_topology_twice_is_idempotent() {
     wait_count(&first.bus, &queue, 2).await;
     for tier in config().retry_delays {
         let delay_queue = topology.delay_queue("normalizer", tier);
-        assert_eq!(second.bus.message_count(&delay_queue).await.expect("count"), 0);
+        assert_eq!(
+            second.bus.message_count(&delay_queue).await.expect("count"),
+            0
+        );
     }
     assert_eq!(
         second

@@ -28,7 +28,12 @@ async fn claim_then_in_flight_then_done() {
     );
 
     let second = fx.store.claim(&k, "fp-a", LEASE).await.unwrap();
-    assert_eq!(second, Claim::InFlight { fingerprint: "fp-a".into() });
+    assert_eq!(
+        second,
+        Claim::InFlight {
+            fingerprint: "fp-a".into()
+        }
+    );
     assert!(second.matches("fp-a"));
 
     let outcome = fx
@@ -40,7 +45,12 @@ async fn claim_then_in_flight_then_done() {
     assert_eq!(fx.get(&redis_key).await.unwrap(), "finished:fp-a");
 
     let third = fx.store.claim(&k, "fp-a", LEASE).await.unwrap();
-    assert_eq!(third, Claim::Done { fingerprint: "fp-a".into() });
+    assert_eq!(
+        third,
+        Claim::Done {
+            fingerprint: "fp-a".into()
+        }
+    );
 
     fx.cleanup().await;
 }
@@ -54,12 +64,25 @@ async fn a_different_fingerprint_is_reported_not_matched() {
     };
 
     let in_flight = fx.store.claim(&k, "fp-b", LEASE).await.unwrap();
-    assert_eq!(in_flight, Claim::InFlight { fingerprint: "fp-a".into() });
+    assert_eq!(
+        in_flight,
+        Claim::InFlight {
+            fingerprint: "fp-a".into()
+        }
+    );
     assert!(!in_flight.matches("fp-b"));
 
-    fx.store.complete(&k, &token, "fp-a", RETENTION, None).await.unwrap();
+    fx.store
+        .complete(&k, &token, "fp-a", RETENTION, None)
+        .await
+        .unwrap();
     let done = fx.store.claim(&k, "fp-b", LEASE).await.unwrap();
-    assert_eq!(done, Claim::Done { fingerprint: "fp-a".into() });
+    assert_eq!(
+        done,
+        Claim::Done {
+            fingerprint: "fp-a".into()
+        }
+    );
     assert!(!done.matches("fp-b"));
 
     fx.cleanup().await;
@@ -75,7 +98,9 @@ async fn fingerprints_may_contain_colons() {
     };
     assert_eq!(
         fx.store.claim(&k, fp, LEASE).await.unwrap(),
-        Claim::InFlight { fingerprint: fp.into() }
+        Claim::InFlight {
+            fingerprint: fp.into()
+        }
     );
     assert!(fx.store.release_if_ours(&k, &token).await.unwrap());
     fx.cleanup().await;
@@ -91,9 +116,15 @@ async fn claim_and_complete_set_lease_and_retention_ttls() {
         panic!("first claim acquires");
     };
     let lease_left = fx.pttl(&redis_key).await;
-    assert!(lease_left > 25_000 && lease_left <= 30_000, "lease PTTL {lease_left}");
+    assert!(
+        lease_left > 25_000 && lease_left <= 30_000,
+        "lease PTTL {lease_left}"
+    );
 
-    fx.store.complete(&k, &token, "fp", RETENTION, None).await.unwrap();
+    fx.store
+        .complete(&k, &token, "fp", RETENTION, None)
+        .await
+        .unwrap();
     let retention_left = fx.pttl(&redis_key).await;
     assert!(
         retention_left > 3_590_000 && retention_left <= 3_600_000,
@@ -181,7 +212,9 @@ async fn completing_after_the_lease_vanished_still_records_finished() {
     assert!(fx.pttl(&redis_key).await > 3_500_000);
     assert_eq!(
         fx.store.claim(&k, "fp", LEASE).await.unwrap(),
-        Claim::Done { fingerprint: "fp".into() }
+        Claim::Done {
+            fingerprint: "fp".into()
+        }
     );
 
     fx.cleanup().await;
@@ -202,12 +235,17 @@ async fn release_frees_the_key_at_once() {
     };
     // Releasing twice (or with a stale token) is harmless.
     assert!(!fx.store.release_if_ours(&k, &token).await.unwrap());
-    fx.store.complete(&k, &retry, "fp", RETENTION, None).await.unwrap();
+    fx.store
+        .complete(&k, &retry, "fp", RETENTION, None)
+        .await
+        .unwrap();
     // A finished record is never released.
     assert!(!fx.store.release_if_ours(&k, &retry).await.unwrap());
     assert_eq!(
         fx.store.claim(&k, "fp", LEASE).await.unwrap(),
-        Claim::Done { fingerprint: "fp".into() }
+        Claim::Done {
+            fingerprint: "fp".into()
+        }
     );
 
     fx.cleanup().await;

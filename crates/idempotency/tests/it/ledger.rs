@@ -43,7 +43,10 @@ async fn stages_accumulate_and_first_seen_stays() {
         Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         "an update without a trace id keeps the one recorded"
     );
-    assert_eq!(ledger.first_seen_at.as_deref(), Some("2026-11-27T10:00:00Z"));
+    assert_eq!(
+        ledger.first_seen_at.as_deref(),
+        Some("2026-11-27T10:00:00Z")
+    );
     assert_eq!(
         ledger.stages["ingest"],
         StageStatus {
@@ -70,7 +73,11 @@ async fn stages_accumulate_and_first_seen_stays() {
 async fn complete_applies_the_ledger_update_in_the_same_call() {
     let mut fx = Fixture::new().await;
     let k = IdempotencyKey::new("ingest", "pub-1", "ev-9");
-    let Claim::Acquired(token) = fx.store.claim(&k, "fp", Duration::from_secs(30)).await.unwrap()
+    let Claim::Acquired(token) = fx
+        .store
+        .claim(&k, "fp", Duration::from_secs(30))
+        .await
+        .unwrap()
     else {
         panic!("first claim acquires");
     };
@@ -90,10 +97,16 @@ async fn complete_applies_the_ledger_update_in_the_same_call() {
     );
     let ledger = fx.store.ledger_get("pub-1", "ev-9").await.unwrap().unwrap();
     assert_eq!(ledger.event_type.as_deref(), Some("meeting.booked"));
-    assert_eq!(ledger.trace_id.as_deref(), Some("0af7651916cd43dd8448eb211c80319c"));
+    assert_eq!(
+        ledger.trace_id.as_deref(),
+        Some("0af7651916cd43dd8448eb211c80319c")
+    );
     assert_eq!(ledger.first_seen_at.as_deref(), Some(update.at.as_str()));
     assert_eq!(ledger.stages["ingest"].status, "accepted");
-    assert_eq!(ledger.stages["ingest"].detail["queue"], "raw.meeting.booked");
+    assert_eq!(
+        ledger.stages["ingest"].detail["queue"],
+        "raw.meeting.booked"
+    );
     let ttl = fx.pttl(&fx.store.ledger_key("pub-1", "ev-9")).await;
     assert!(ttl > 110_000 && ttl <= 120_000, "ledger PTTL {ttl}");
 
@@ -113,6 +126,9 @@ async fn a_corrupt_stage_field_is_reported() {
         .await
         .unwrap();
     let err = fx.store.ledger_get("pub-1", "ev-bad").await.unwrap_err();
-    assert!(matches!(err, handoff_idempotency::StoreError::Corrupt(_)), "{err}");
+    assert!(
+        matches!(err, handoff_idempotency::StoreError::Corrupt(_)),
+        "{err}"
+    );
     fx.cleanup().await;
 }

@@ -35,7 +35,10 @@ async fn a_closed_port_fails_fast_and_is_unhealthy() {
     let port = closed_port().await;
     // Construction does no I/O: a service starts even when Redis is down.
     let store = store_at(format!("redis://127.0.0.1:{port}/"), Duration::from_secs(2));
-    assert!(!store.is_healthy(), "not healthy before Redis ever answered");
+    assert!(
+        !store.is_healthy(),
+        "not healthy before Redis ever answered"
+    );
 
     let started = Instant::now();
     let err = store.ping().await.unwrap_err();
@@ -70,12 +73,18 @@ async fn a_silent_server_times_out_instead_of_hanging() {
             held.push(socket);
         }
     });
-    let store = store_at(format!("redis://127.0.0.1:{port}/"), Duration::from_millis(300));
+    let store = store_at(
+        format!("redis://127.0.0.1:{port}/"),
+        Duration::from_millis(300),
+    );
 
     let started = Instant::now();
     let err = store.ping().await.unwrap_err();
     let took = started.elapsed();
-    assert!(matches!(err, StoreError::Timeout(_) | StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Timeout(_) | StoreError::Unavailable(_)),
+        "{err:?}"
+    );
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert!(!store.is_healthy());
     hold.abort();
@@ -94,7 +103,10 @@ async fn a_cut_connection_recovers_after_restore() {
 
     proxy.cut();
     let started = Instant::now();
-    let err = store.claim(&key, "fp", Duration::from_secs(30)).await.unwrap_err();
+    let err = store
+        .claim(&key, "fp", Duration::from_secs(30))
+        .await
+        .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(!store.is_healthy());
@@ -102,11 +114,18 @@ async fn a_cut_connection_recovers_after_restore() {
     proxy.restore();
     let store2 = store.clone();
     assert!(
-        eventually(Duration::from_secs(10), async || store2.ping().await.is_ok()).await,
+        eventually(Duration::from_secs(10), async || store2
+            .ping()
+            .await
+            .is_ok())
+        .await,
         "the store reconnects by itself"
     );
     assert!(store.is_healthy());
-    store.claim(&key, "fp", Duration::from_secs(30)).await.unwrap();
+    store
+        .claim(&key, "fp", Duration::from_secs(30))
+        .await
+        .unwrap();
 
     support::cleanup_redis(store.namespace()).await;
 }

@@ -39,7 +39,11 @@ async fn seed_example_is_accepted_and_stored_as_a_persistent_protobuf_envelope()
     assert_eq!(env.content_sha256.len(), 32);
     assert_eq!(env.occurred_at.expect("occurred_at").seconds, 1_773_915_322);
     assert!(env.received_at.is_some());
-    assert_eq!(raw_body(&env), SEED.as_bytes(), "the publisher's JSON byte for byte");
+    assert_eq!(
+        raw_body(&env),
+        SEED.as_bytes(),
+        "the publisher's JSON byte for byte"
+    );
 
     // The status ledger knows it was accepted, with the same trace id.
     let (status, ledger) = app.get("/v1/events/evt_2026_03_19_000123", KEY).await;
@@ -59,7 +63,10 @@ async fn a_callers_traceparent_is_continued() {
         .post(format!("{}/v1/events/customer.converted", app.base))
         .bearer_auth(KEY)
         .header("content-type", "application/json")
-        .header("traceparent", format!("00-{caller_trace}-00f067aa0ba902b7-01"))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
         .body(seed_with_id("evt_traced"))
         .send()
         .await
@@ -70,7 +77,10 @@ async fn a_callers_traceparent_is_continued() {
     let messages = app.drain_raw().await;
     let traceparent = messages[0].headers.get("traceparent").expect("traceparent");
     assert!(traceparent.contains(caller_trace), "{traceparent}");
-    assert!(!traceparent.contains("00f067aa0ba902b7"), "the publish span is a child, not the caller's span");
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "the publish span is a child, not the caller's span"
+    );
     app.stop().await;
 }
 
@@ -81,9 +91,18 @@ async fn duplicates_are_answered_200_and_published_once_conflicts_409() {
     assert_eq!(status, 202);
     // Same content, different key order and spacing: still the same event.
     let reordered: serde_json::Value = serde_json::from_str(SEED).expect("json");
-    let (status, body, _) = app.post("customer.converted", KEY, serde_json::to_string_pretty(&reordered).expect("json")).await;
+    let (status, body, _) = app
+        .post(
+            "customer.converted",
+            KEY,
+            serde_json::to_string_pretty(&reordered).expect("json"),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"event_id": "evt_2026_03_19_000123", "status": "duplicate"}));
+    assert_eq!(
+        body,
+        json!({"event_id": "evt_2026_03_19_000123", "status": "duplicate"})
+    );
     let (status, _, _) = app.post("customer.converted", KEY, SEED).await;
     assert_eq!(status, 200);
 
@@ -101,8 +120,21 @@ async fn duplicates_are_answered_200_and_published_once_conflicts_409() {
 async fn authentication_and_authorization_errors() {
     let app = spawn_ingest().await;
     let url = format!("{}/v1/events/customer.converted", app.base);
-    let response = app.http.post(&url).header("content-type", "application/json").body(SEED).send().await.expect("request");
-    assert_eq!(response.headers().get("www-authenticate").map(|v| v.to_str().ok()), Some(Some("Bearer")));
+    let response = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(SEED)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().ok()),
+        Some(Some("Bearer"))
+    );
     let (status, body, _) = split(response).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthorized");
@@ -118,7 +150,12 @@ async fn authentication_and_authorization_errors() {
     let (status, body, _) = app.post("lead.deleted", KEY, SEED).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "unknown_event_type");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("customer.converted"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("customer.converted")
+    );
 
     let (status, _) = app.get("/v1/events/evt_2026_03_19_000123", "nope").await;
     assert_eq!(status, 401);
@@ -131,24 +168,60 @@ async fn request_shape_errors() {
     let app = spawn_ingest().await;
     let url = format!("{}/v1/events/customer.converted", app.base);
 
-    let response = app.http.post(&url).bearer_auth(KEY).header("content-type", "text/plain").body(SEED).send().await.expect("request");
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("content-type", "text/plain")
+        .body(SEED)
+        .send()
+        .await
+        .expect("request");
     let (status, body, _) = split(response).await;
     assert_eq!(status, 415);
     assert_eq!(body["error"]["code"], "unsupported_media_type");
-    let response = app.http.post(&url).bearer_auth(KEY).body(SEED).send().await.expect("request");
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .body(SEED)
+        .send()
+        .await
+        .expect("request");
     assert_eq!(response.status(), 415);
 
     // Over the limit (16 KiB in tests), with a Content-Length and chunked.
-    let huge = format!(r#"{{"event_id":"e1","occurred_at":"2026-03-19T10:15:22Z","pad":"{}"}}"#, "x".repeat(20_000));
+    let huge = format!(
+        r#"{{"event_id":"e1","occurred_at":"2026-03-19T10:15:22Z","pad":"{}"}}"#,
+        "x".repeat(20_000)
+    );
     let (status, body, _) = app.post("customer.converted", KEY, huge.clone()).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");
-    let stream = futures::stream::iter(huge.into_bytes().chunks(1000).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
-    let response = app.http.post(&url).bearer_auth(KEY).header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(stream)).send().await.expect("request");
+    let stream = futures::stream::iter(
+        huge.into_bytes()
+            .chunks(1000)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(response.status(), 413);
 
-    let (status, body, _) = app.post("customer.converted", KEY, "{\n  \"event_id\": \"e1\",\n  \"occurred_at\": oops\n}").await;
+    let (status, body, _) = app
+        .post(
+            "customer.converted",
+            KEY,
+            "{\n  \"event_id\": \"e1\",\n  \"occurred_at\": oops\n}",
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "malformed_json");
     let message = body["error"]["message"].as_str().expect("message");
@@ -159,11 +232,23 @@ async fn request_shape_errors() {
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "validation_failed");
-    let paths: Vec<&str> = body["error"]["fields"].as_array().expect("fields").iter().map(|f| f["path"].as_str().unwrap_or("")).collect();
+    let paths: Vec<&str> = body["error"]["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .map(|f| f["path"].as_str().unwrap_or(""))
+        .collect();
     for expected in ["event_id", "occurred_at", "customer"] {
-        assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
     }
-    assert_eq!(app.raw_count().await, 0, "nothing published for bad requests");
+    assert_eq!(
+        app.raw_count().await,
+        0,
+        "nothing published for bad requests"
+    );
     app.stop().await;
 }
 
@@ -181,16 +266,24 @@ async fn rate_limited_publishers_get_429_with_retry_after() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for i in 0..4 {
-        let (status, body, headers) = app.post("payment.failed", BILLING_KEY, payment(&format!("pay_{i}"))).await;
+        let (status, body, headers) = app
+            .post("payment.failed", BILLING_KEY, payment(&format!("pay_{i}")))
+            .await;
         if status == 429 {
             assert_eq!(body["error"]["code"], "rate_limited");
-            retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            retry_after = headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
         }
         statuses.push(status);
     }
     assert_eq!(&statuses[..2], &[202, 202], "{statuses:?}");
     assert!(statuses[2..].contains(&429), "{statuses:?}");
-    let secs: u64 = retry_after.expect("Retry-After").parse().expect("whole seconds");
+    let secs: u64 = retry_after
+        .expect("Retry-After")
+        .parse()
+        .expect("whole seconds");
     assert!((1..=2).contains(&secs));
     app.stop().await;
 }
@@ -204,7 +297,9 @@ async fn status_of_unknown_events_and_other_publishers_events_is_404() {
     let (status, _, _) = app.post("customer.converted", KEY, SEED).await;
     assert_eq!(status, 202);
     // "billing" cannot see "acme"'s event.
-    let (status, _) = app.get("/v1/events/evt_2026_03_19_000123", BILLING_KEY).await;
+    let (status, _) = app
+        .get("/v1/events/evt_2026_03_19_000123", BILLING_KEY)
+        .await;
     assert_eq!(status, 404);
     app.stop().await;
 }

@@ -37,13 +37,13 @@ async fn batch_items_get_their_own_results() {
     conflicting["customer"]["plan"] = json!("enterprise");
     let items = vec![
         lead("lead_1"),
-        seed,                                                            // duplicate of the single POST
-        json!({"event_type": "lead.created", "event_id": "bad id"}),     // invalid
-        json!({"event_type": "lead.deleted", "event_id": "x"}),          // unknown type
-        conflicting,                                                     // 409
+        seed, // duplicate of the single POST
+        json!({"event_type": "lead.created", "event_id": "bad id"}), // invalid
+        json!({"event_type": "lead.deleted", "event_id": "x"}), // unknown type
+        conflicting, // 409
         lead("lead_2"),
-        json!({"event_id": "no_type"}),                                  // missing event_type
-        lead("lead_1"),                                                  // duplicate within the batch
+        json!({"event_id": "no_type"}), // missing event_type
+        lead("lead_1"),                 // duplicate within the batch
     ];
     let (status, body) = post_batch(&app, KEY, json!({"events": items})).await;
     assert_eq!(status, 200, "{body}");
@@ -64,16 +64,29 @@ async fn batch_items_get_their_own_results() {
     assert_eq!(results[6]["status_code"], 422);
     assert_eq!(results[6]["error"]["fields"][0]["path"], "event_type");
     // The second lead_1 raced the first: it is either a duplicate or told to retry, never published twice.
-    assert!(["duplicate", "accepted", "rejected"].contains(&results[7]["status"].as_str().unwrap_or("")));
-    assert_ne!(results[0]["trace_id"], results[5]["trace_id"], "each event has its own trace");
+    assert!(
+        ["duplicate", "accepted", "rejected"]
+            .contains(&results[7]["status"].as_str().unwrap_or(""))
+    );
+    assert_ne!(
+        results[0]["trace_id"], results[5]["trace_id"],
+        "each event has its own trace"
+    );
 
     let messages = app.drain_raw().await;
     let mut ids: Vec<String> = messages.iter().map(|m| envelope(m).event_id).collect();
     ids.sort();
     assert_eq!(ids, vec!["evt_2026_03_19_000123", "lead_1", "lead_2"]);
-    let lead1 = messages.iter().map(envelope).find(|e| e.event_id == "lead_1").expect("lead_1");
+    let lead1 = messages
+        .iter()
+        .map(envelope)
+        .find(|e| e.event_id == "lead_1")
+        .expect("lead_1");
     let forwarded: Value = serde_json::from_slice(&raw_body(&lead1)).expect("json");
-    assert!(forwarded.get("event_type").is_none(), "the batch field is not forwarded");
+    assert!(
+        forwarded.get("event_type").is_none(),
+        "the batch field is not forwarded"
+    );
     assert_eq!(forwarded["lead"]["first_name"], "Ada");
     app.stop().await;
 }
@@ -82,7 +95,10 @@ async fn batch_items_get_their_own_results() {
 async fn malformed_batches_are_refused_whole() {
     let app = spawn_ingest().await;
     let (status, body) = post_batch(&app, KEY, json!([lead("a")])).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_batch")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_batch"))
+    );
     let (status, _) = post_batch(&app, KEY, json!({"events": []})).await;
     assert_eq!(status, 422);
     let too_many: Vec<Value> = (0..501).map(|i| lead(&format!("l{i}"))).collect();

@@ -39,7 +39,9 @@ fn bad_body(rng: &mut StdRng, i: usize) -> String {
             s[..cut].to_owned()
         }
         // Random bytes as text.
-        1 => (0..rng.random_range(1..200)).map(|_| rng.random_range(0x20u8..0x7f) as char).collect(),
+        1 => (0..rng.random_range(1..200))
+            .map(|_| rng.random_range(0x20u8..0x7f) as char)
+            .collect(),
         // A JSON scalar or array instead of an object.
         2 => random_scalar(rng).to_string(),
         // A required top-level field replaced by a wrong type.
@@ -92,7 +94,8 @@ async fn a_thousand_bad_requests_get_4xx_and_publish_nothing() {
         .map(|i| (TYPES[i % TYPES.len()].to_owned(), bad_body(&mut rng, i)))
         .collect();
     for chunk in requests.chunks(50) {
-        let results = futures::future::join_all(chunk.iter().map(|(t, b)| app.post(t, KEY, b.clone()))).await;
+        let results =
+            futures::future::join_all(chunk.iter().map(|(t, b)| app.post(t, KEY, b.clone()))).await;
         for (status, body, _) in results {
             assert!((400..500).contains(&status), "got {status}: {body}");
             assert!(body["error"]["code"].is_string(), "error body: {body}");
@@ -100,10 +103,17 @@ async fn a_thousand_bad_requests_get_4xx_and_publish_nothing() {
         }
     }
     assert_eq!(by_status.values().sum::<usize>(), 1000);
-    assert!(by_status.contains_key(&400) && by_status.contains_key(&422), "{by_status:?}");
+    assert!(
+        by_status.contains_key(&400) && by_status.contains_key(&422),
+        "{by_status:?}"
+    );
     assert!(app.is_ready().await, "still ready after the storm");
     let (status, _, _) = app.post("customer.converted", KEY, SEED).await;
     assert_eq!(status, 202, "still accepting good events");
-    assert_eq!(app.raw_count().await, 1, "only the good event was published");
+    assert_eq!(
+        app.raw_count().await,
+        1,
+        "only the good event was published"
+    );
     app.stop().await;
 }

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use handoff_bus::{Bus, BusConfig, Delivery, Topology};
-use handoff_events::v1::{Envelope, envelope::Payload};
 use handoff_events::Message;
+use handoff_events::v1::{Envelope, envelope::Payload};
 use handoff_idempotency::RedisConfig;
 use handoff_ingest::Config;
 use handoff_ingest::auth::key_sha256;
@@ -61,8 +61,10 @@ pub struct TestIngest {
 
 /// The configuration a test ingest runs with.
 pub fn test_config(namespace: &str, opts: &Options) -> Config {
-    let mut cfg = Config::default();
-    cfg.namespace = namespace.to_owned();
+    let mut cfg = Config {
+        namespace: namespace.to_owned(),
+        ..Config::default()
+    };
     cfg.bus = BusConfig {
         url: opts.amqp_url.clone(),
         publish_timeout: Duration::from_secs(5),
@@ -112,7 +114,12 @@ pub async fn spawn_ingest_with(opts: Options, wait_ready: bool) -> TestIngest {
     let base = format!("http://{}", http_listener.local_addr().expect("addr"));
     let admin = format!("http://{}", admin_listener.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(handoff_ingest::run(cfg, http_listener, admin_listener, shutdown.clone()));
+    let task = tokio::spawn(handoff_ingest::run(
+        cfg,
+        http_listener,
+        admin_listener,
+        shutdown.clone(),
+    ));
     let inspector = Bus::start(
         BusConfig {
             url: support::amqp_url(),
@@ -121,7 +128,10 @@ pub async fn spawn_ingest_with(opts: Options, wait_ready: bool) -> TestIngest {
         Topology::v1(&namespace),
         CancellationToken::new(),
     );
-    inspector.wait_ready(Duration::from_secs(20)).await.expect("inspector connects");
+    inspector
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("inspector connects");
     let app = TestIngest {
         base,
         admin,
@@ -168,7 +178,12 @@ impl TestIngest {
     }
 
     /// POSTs `body` as JSON to `/v1/events/{event_type}` with `key`.
-    pub async fn post(&self, event_type: &str, key: &str, body: impl Into<String>) -> (u16, Value, reqwest::header::HeaderMap) {
+    pub async fn post(
+        &self,
+        event_type: &str,
+        key: &str,
+        body: impl Into<String>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
         let response = self
             .http
             .post(format!("{}/v1/events/{event_type}", self.base))
@@ -196,7 +211,10 @@ impl TestIngest {
 
     /// Messages waiting in the raw queue.
     pub async fn raw_count(&self) -> u32 {
-        self.inspector.message_count(&self.raw_queue()).await.expect("count")
+        self.inspector
+            .message_count(&self.raw_queue())
+            .await
+            .expect("count")
     }
 
     /// Takes every message from the raw queue.
@@ -213,7 +231,10 @@ impl TestIngest {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
             let result = tokio::time::timeout(Duration::from_secs(15), task).await;
-            assert!(matches!(result, Ok(Ok(Ok(())))), "ingest did not stop cleanly: {result:?}");
+            assert!(
+                matches!(result, Ok(Ok(Ok(())))),
+                "ingest did not stop cleanly: {result:?}"
+            );
         }
         let _ = self.inspector.teardown().await;
         self.inspector.close().await;

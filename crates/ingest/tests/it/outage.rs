@@ -20,7 +20,10 @@ async fn broker_outage_gives_503_and_not_ready_then_recovers_without_restart() {
     let (status, body, headers) = app.post("customer.converted", KEY, SEED).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
-    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("2"));
+    assert_eq!(
+        headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
 
     proxy.restore();
     app.wait_ready(true, Duration::from_secs(20)).await;
@@ -45,7 +48,11 @@ async fn redis_outage_gives_503_then_recovers() {
     assert_eq!(status, 503, "{body}");
     assert!(headers.get("retry-after").is_some());
     app.wait_ready(false, Duration::from_secs(10)).await;
-    assert_eq!(app.raw_count().await, 0, "nothing published without a dedupe claim");
+    assert_eq!(
+        app.raw_count().await,
+        0,
+        "nothing published without a dedupe claim"
+    );
 
     proxy.restore();
     app.wait_ready(true, Duration::from_secs(20)).await;

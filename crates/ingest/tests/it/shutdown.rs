@@ -58,7 +58,11 @@ key_sha256 = "{hash}"
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let ready = http.get(format!("http://{admin_addr}/readyz")).send().await.map(|r| r.status() == 200);
+        let ready = http
+            .get(format!("http://{admin_addr}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() == 200);
         if matches!(ready, Ok(true)) {
             break;
         }
@@ -104,19 +108,33 @@ key_sha256 = "{hash}"
         .expect("exits within the grace period")
         .expect("wait");
     assert!(status.success(), "exit status {status:?}");
-    assert!(sigterm_at.elapsed() < Duration::from_secs(6), "took {:?}", sigterm_at.elapsed());
+    assert!(
+        sigterm_at.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        sigterm_at.elapsed()
+    );
     for s in senders {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
 
     let accepted = accepted.lock().await.clone();
-    assert!(accepted.len() > 10, "the load did not run: {} accepted", accepted.len());
+    assert!(
+        accepted.len() > 10,
+        "the load did not run: {} accepted",
+        accepted.len()
+    );
     let inspector = Bus::start(
-        BusConfig { url: support::amqp_url(), ..BusConfig::default() },
+        BusConfig {
+            url: support::amqp_url(),
+            ..BusConfig::default()
+        },
         Topology::v1(&namespace),
         CancellationToken::new(),
     );
-    inspector.wait_ready(Duration::from_secs(20)).await.expect("inspector");
+    inspector
+        .wait_ready(Duration::from_secs(20))
+        .await
+        .expect("inspector");
     let queue = inspector.topology().stage_queue("normalizer");
     let mut in_queue = BTreeSet::new();
     while let Some(d) = inspector.get(&queue).await.expect("get") {

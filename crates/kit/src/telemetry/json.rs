@@ -138,7 +138,10 @@ impl JsonVisitor {
 
 impl Visit for JsonVisitor {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number));
+        self.put(
+            field,
+            serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
+        );
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -223,7 +226,11 @@ mod tests {
             tracing::info!(answer = 42, "outside");
             let outer = tracing::info_span!("request", event_id = "ev-1", stage = "outer");
             let _o = outer.enter();
-            let inner = tracing::info_span!("publish", stage = "inner", record_id = tracing::field::Empty);
+            let inner = tracing::info_span!(
+                "publish",
+                stage = "inner",
+                record_id = tracing::field::Empty
+            );
             let _i = inner.enter();
             inner.record("record_id", "crm-9");
             tracing::warn!(error = %"boom", "Destination refused the upsert.");

@@ -60,11 +60,19 @@ async fn endpoints_report_health_readiness_and_metrics() {
     let admin = spawn_admin(readiness.clone()).await;
     let http = reqwest::Client::new();
 
-    let res = http.get(format!("{}/healthz", admin.base)).send().await.unwrap();
+    let res = http
+        .get(format!("{}/healthz", admin.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "ok");
 
-    let res = http.get(format!("{}/readyz", admin.base)).send().await.unwrap();
+    let res = http
+        .get(format!("{}/readyz", admin.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 503);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["ready"], false);
@@ -72,7 +80,11 @@ async fn endpoints_report_health_readiness_and_metrics() {
     assert_eq!(body["failing"], serde_json::json!(["redis"]));
 
     redis_up.store(true, Ordering::SeqCst);
-    let res = http.get(format!("{}/readyz", admin.base)).send().await.unwrap();
+    let res = http
+        .get(format!("{}/readyz", admin.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["ready"], true);
@@ -80,7 +92,11 @@ async fn endpoints_report_health_readiness_and_metrics() {
 
     metrics::counter!("handoff_kit_test_requests_total", "outcome" => "ok").increment(3);
     metrics::histogram!("handoff_kit_test_latency_seconds").record(0.003);
-    let res = http.get(format!("{}/metrics", admin.base)).send().await.unwrap();
+    let res = http
+        .get(format!("{}/metrics", admin.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(
         res.headers()["content-type"],
@@ -97,7 +113,11 @@ async fn endpoints_report_health_readiness_and_metrics() {
     );
 
     readiness.set_draining();
-    let res = http.get(format!("{}/readyz", admin.base)).send().await.unwrap();
+    let res = http
+        .get(format!("{}/readyz", admin.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 503);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["draining"], true);

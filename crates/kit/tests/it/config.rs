@@ -104,7 +104,11 @@ fn file_overrides_defaults_and_keeps_the_rest() {
     );
     let cfg: TestConfig = load_with_env(Some(&file.0), &[]).unwrap();
     assert_eq!(cfg.bus.prefetch, 10);
-    assert_eq!(cfg.bus.url, Bus::default().url, "unset keys keep their default");
+    assert_eq!(
+        cfg.bus.url,
+        Bus::default().url,
+        "unset keys keep their default"
+    );
     assert_eq!(cfg.grace, Duration::from_secs(5));
     assert_eq!(cfg.telemetry.log_format, LogFormat::Text);
 }
@@ -120,10 +124,14 @@ fn env_overrides_file_with_nested_keys_lists_and_tables() {
         ("HANDOFF_GRACE", "30s"),
         ("HANDOFF_TELEMETRY__LOG_FILTER", "debug,lapin=warn"),
         ("UNRELATED", "ignored"),
+        ("HANDOFF_TEST_REDIS_URL", "redis://elsewhere/"),
     ];
     let cfg: TestConfig = load_with_env(Some(&file.0), &env).unwrap();
     assert_eq!(cfg.bus.url, "amqp://env:5672/%2f");
-    assert_eq!(cfg.bus.prefetch, 10, "file value survives when env does not set it");
+    assert_eq!(
+        cfg.bus.prefetch, 10,
+        "file value survives when env does not set it"
+    );
     assert_eq!(cfg.types, vec!["lead.created", "meeting.booked"]);
     assert_eq!(cfg.limits.get("crm"), Some(&100));
     assert_eq!(cfg.limits.get("email"), Some(&10));
@@ -141,7 +149,8 @@ fn handoff_config_names_the_file_and_an_explicit_path_wins() {
     let cfg: TestConfig = load_with_env(None, &[("HANDOFF_CONFIG", env_path)]).unwrap();
     assert_eq!(cfg.bus.prefetch, 7);
 
-    let cfg: TestConfig = load_with_env(Some(&explicit.0), &[("HANDOFF_CONFIG", env_path)]).unwrap();
+    let cfg: TestConfig =
+        load_with_env(Some(&explicit.0), &[("HANDOFF_CONFIG", env_path)]).unwrap();
     assert_eq!(cfg.bus.prefetch, 9);
 }
 
@@ -203,7 +212,12 @@ fn validation_errors_name_the_key() {
 fn load_or_exit_prints_one_line_and_exits_2() {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .args(["--exact", "config::load_or_exit_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "config::load_or_exit_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("KIT_TEST_LOAD_OR_EXIT_CHILD", "1")
         .env("HANDOFF_CONFIG", "/nonexistent/handoff.toml")
         .output()

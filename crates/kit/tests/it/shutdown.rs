@@ -7,7 +7,12 @@ use handoff_kit::shutdown::drain;
 #[tokio::test(start_paused = true)]
 async fn drain_gives_up_after_the_grace_period() {
     let start = tokio::time::Instant::now();
-    let finished = drain("consumer", Duration::from_secs(25), std::future::pending::<()>()).await;
+    let finished = drain(
+        "consumer",
+        Duration::from_secs(25),
+        std::future::pending::<()>(),
+    )
+    .await;
     assert!(!finished);
     assert_eq!(start.elapsed(), Duration::from_secs(25));
 }
