@@ -402,15 +402,18 @@ async fn settle(
             let class = failure.class;
             let record = dead_letter_record(&ctx.stage, raw, delivery, failure, now);
             let routing_key = format!("{}.{}", ctx.stage, class.label());
-            let mut headers = FieldTable::default();
-            for key in [trace::TRACEPARENT, trace::TRACESTATE] {
-                if let Some(value) = delivery.headers.get(key) {
-                    headers.insert(
-                        key.into(),
-                        AMQPValue::LongString(LongString::from(value.as_str())),
-                    );
+            // The record's own trace context: the consumer span that gave up (a child
+            // of the event's trace), or the event's context if there is no such span.
+            let mut trace_headers = Headers::new();
+            trace::inject_current(&mut trace_headers);
+            if !trace_headers.contains_key(trace::TRACEPARENT) {
+                for key in [trace::TRACEPARENT, trace::TRACESTATE] {
+                    if let Some(value) = delivery.headers.get(key) {
+                        trace_headers.insert(key.to_owned(), value.clone());
+                    }
                 }
             }
+            let headers = headers::to_field_table(&trace_headers);
             let mut properties = BasicProperties::default()
                 // Persistent, like everything else on the bus.
                 .with_delivery_mode(2)

@@ -192,6 +192,8 @@ async fn declare_on(
         durable: true,
         ..ExchangeDeclareOptions::default()
     };
+    // Durable queues (quorum queues must be); not exclusive or auto-delete, since they
+    // outlive every consumer.
     let durable_queue = QueueDeclareOptions::durable();
     let events = topology.events_exchange();
     let dlx = topology.dead_letter_exchange();
@@ -297,6 +299,7 @@ pub(crate) async fn teardown(
         }
     }
     for exchange in &exchanges {
+        // if_unused = false: the bindings go with the queues deleted above anyway.
         let result = channel
             .exchange_delete(short(exchange)?, ExchangeDeleteOptions::default())
             .await;

@@ -236,9 +236,10 @@ async fn a_dead_letter_record_carries_the_whole_story() {
         trace::trace_id_from_traceparent(&record.traceparent).as_deref(),
         Some(trace_id.as_str())
     );
+    // The record itself travels in the same trace, as a child of the consumer span.
     assert_eq!(
-        delivery.headers.get(trace::TRACEPARENT),
-        Some(&record.traceparent),
+        trace::trace_id_from_traceparent(&delivery.headers[trace::TRACEPARENT]).as_deref(),
+        Some(trace_id.as_str()),
         "the record joins the event's trace"
     );
     wait_count(&test.bus, &topology.stage_queue("normalizer"), 0).await;
@@ -439,5 +440,40 @@ async fn run_refuses_a_stage_outside_the_topology() {
     let handler = Scripted::new(|_| Outcome::Ack);
     let result = consumer::run(&test.bus, "crm-writer", handler, test.shutdown.clone()).await;
     assert!(result.is_err());
+    test.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_run_inside_the_events_trace() {
+    handoff_test_support::init_telemetry();
+    let test = TestBus::start(v1_topology(), config()).await;
+    let seen_trace = Arc::new(Mutex::new(None));
+    let handler = {
+        let seen_trace = seen_trace.clone();
+        Scripted::new(move |_| {
+            *seen_trace.lock().expect("lock") = trace::current_trace_id();
+            Outcome::Ack
+        })
+    };
+    let consumer = spawn_consumer(&test.bus, handler.clone(), &test.shutdown);
+    let span = tracing::info_span!("ingest request");
+    let trace_id = {
+        let _entered = span.enter();
+        trace::current_trace_id().expect("trace id")
+    };
+    test.bus
+        .publish(raw_event("e1"))
+        .instrument(span)
+        .await
+        .expect("publish");
+    eventually("handled", Duration::from_secs(10), || async {
+        (!handler.seen().is_empty()).then_some(())
+    })
+    .await;
+    stop(&test, consumer).await;
+    assert_eq!(
+        seen_trace.lock().expect("lock").as_deref(),
+        Some(trace_id.as_str())
+    );
     test.finish().await;
 }
