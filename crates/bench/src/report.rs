@@ -64,11 +64,12 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<width$}  {:>6}  {:>6}  {:>12}  {:>8}  {:>5}  {:>8}  {:>14}  {:>5}  {:>9}",
+        "{:<width$}  {:>6}  {:>6}  {:>12}  {:>12}  {:>8}  {:>5}  {:>8}  {:>14}  {:>5}  {:>9}",
         "scenario",
         "wall s",
         "ingest",
         "ingest/1k ev",
+        "all 4/1k ev",
         "rabbitmq",
         "redis",
         "load gen",
@@ -85,6 +86,11 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
             .ingest
             .filter(|_| m.events > 0)
             .map(|s| s / (m.events as f64 / 1000.0));
+        let all_per_1k = [cpu.ingest, cpu.broker, cpu.redis, cpu.bench]
+            .iter()
+            .flatten()
+            .sum::<f64>()
+            / (m.events.max(1) as f64 / 1000.0);
         let share = cpu
             .bench
             .filter(|_| wall > 0.0)
@@ -98,11 +104,12 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
         busy_elsewhere |= cpu.other().is_some_and(|o| o > 0.1 * capacity);
         let _ = writeln!(
             out,
-            "{:<width$}  {:>6.2}  {:>6}  {:>12}  {:>8}  {:>5}  {:>8}  {:>14}  {:>5}  {:>9}",
+            "{:<width$}  {:>6.2}  {:>6}  {:>12}  {:>12.3}  {:>8}  {:>5}  {:>8}  {:>14}  {:>5}  {:>9}",
             row.scenario,
             wall,
             seconds(cpu.ingest),
             per_1k.map_or("-".to_owned(), |s| format!("{s:.3}")),
+            all_per_1k,
             seconds(cpu.broker),
             seconds(cpu.redis),
             seconds(cpu.bench),
@@ -113,8 +120,10 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "(\"other\" = busy CPU of the whole machine not used by the four above, kernel included; \
-         \"box busy\" = all busy CPU / capacity)"
+        "(\"…/1k ev\" = CPU-s per 1,000 accepted events: ingest alone, and ingest + RabbitMQ + Redis \
+         + load generator together, the figure least disturbed by other work; \"other\" = busy CPU \
+         of the whole machine not used by those four, kernel included; \"box busy\" = all busy CPU \
+         / capacity)"
     );
     if busy_elsewhere {
         let _ = writeln!(
