@@ -176,16 +176,16 @@ pub fn fingerprint(value: &Value) -> [u8; 32] {
 fn write_canonical(value: &Value, out: &mut Sha256) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.update(b"{");
-            for (i, key) in keys.into_iter().enumerate() {
+            for (i, (key, item)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.update(b",");
                 }
-                write_canonical(&Value::String(key.clone()), out);
+                write_json(key, out);
                 out.update(b":");
-                write_canonical(&map[key], out);
+                write_canonical(item, out);
             }
             out.update(b"}");
         }
@@ -199,8 +199,25 @@ fn write_canonical(value: &Value, out: &mut Sha256) {
             }
             out.update(b"]");
         }
-        scalar => out.update(scalar.to_string().as_bytes()),
+        scalar => write_json(scalar, out),
     }
+}
+
+/// Streams `value`'s JSON text into the hash without an intermediate string.
+fn write_json<T: serde::Serialize + ?Sized>(value: &T, out: &mut Sha256) {
+    struct HashWriter<'a>(&'a mut Sha256);
+    impl std::io::Write for HashWriter<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // Writing JSON into a hasher cannot fail: the writer never errors and
+    // every `Value` serializes.
+    let _ = serde_json::to_writer(HashWriter(out), value);
 }
 
 #[cfg(test)]
@@ -214,6 +231,14 @@ mod tests {
         let b: Value = serde_json::from_str("{ \"a\" : {\"x\":\"s\", \"y\":[1, 2]},\n \"b\":1 }")
             .expect("json");
         assert_eq!(fingerprint(&a), fingerprint(&b));
+    }
+
+    #[test]
+    fn fingerprint_is_the_sha256_of_sorted_compact_json() {
+        let value = json!({"b": "x\"y", "a": [1, 2.5, null, true], "c": {"z": 1, "y": {}}});
+        let canonical = br#"{"a":[1,2.5,null,true],"b":"x\"y","c":{"y":{},"z":1}}"#;
+        let expected: [u8; 32] = Sha256::digest(canonical).into();
+        assert_eq!(fingerprint(&value), expected);
     }
 
     #[test]
