@@ -10,9 +10,10 @@ use handoff_events::v1::{self, ErrorClass};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use crate::{TestBus, config, eventually, raw_event, v1_topology, wait_count};
+use crate::{
+    TestBus, config, eventually, publish_in_span, raw_channel, raw_event, v1_topology, wait_count,
+};
 
 /// A handler driven by a closure, recording every delivery it sees.
 struct Scripted<F> {
@@ -181,16 +182,7 @@ async fn a_dead_letter_record_carries_the_whole_story() {
         })
     });
     let consumer = spawn_consumer(&test.bus, handler.clone(), &test.shutdown);
-    let span = tracing::info_span!("ingest request");
-    let trace_id = {
-        let _entered = span.enter();
-        trace::current_trace_id().expect("trace id")
-    };
-    test.bus
-        .publish(raw_event("e1"))
-        .instrument(span)
-        .await
-        .expect("publish");
+    let trace_id = publish_in_span(&test.bus, "e1").await;
 
     let (delivery, record) = one_dead_letter(&test.bus).await;
     stop(&test, consumer).await;
@@ -292,13 +284,7 @@ async fn a_message_over_the_delivery_limit_reaches_the_dead_letters() {
         .expect("publish");
 
     // A raw client that keeps giving the message back, as a crashing consumer would.
-    let conn = lapin::Connection::connect(
-        &handoff_test_support::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("raw connection");
-    let channel = conn.create_channel().await.expect("channel");
+    let (conn, channel) = raw_channel().await;
     let queue = topology.stage_queue("normalizer");
     let mut deliveries = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -456,16 +442,7 @@ async fn handlers_run_inside_the_events_trace() {
         })
     };
     let consumer = spawn_consumer(&test.bus, handler.clone(), &test.shutdown);
-    let span = tracing::info_span!("ingest request");
-    let trace_id = {
-        let _entered = span.enter();
-        trace::current_trace_id().expect("trace id")
-    };
-    test.bus
-        .publish(raw_event("e1"))
-        .instrument(span)
-        .await
-        .expect("publish");
+    let trace_id = publish_in_span(&test.bus, "e1").await;
     eventually("handled", Duration::from_secs(10), || async {
         (!handler.seen().is_empty()).then_some(())
     })

@@ -77,6 +77,34 @@ pub fn raw_event(id: &str) -> OutgoingMessage {
     }
 }
 
+/// Publishes `raw_event(id)` inside a fresh span, as a service would, and
+/// returns that span's trace id.
+pub async fn publish_in_span(bus: &Bus, id: &str) -> String {
+    use tracing::Instrument;
+    let span = tracing::info_span!("ingest request");
+    let trace_id = {
+        let _entered = span.enter();
+        handoff_bus::trace::current_trace_id().expect("the test subscriber gives spans a trace id")
+    };
+    bus.publish(raw_event(id))
+        .instrument(span)
+        .await
+        .expect("publish");
+    trace_id
+}
+
+/// A plain lapin connection and channel, for doing what a misbehaving client would.
+pub async fn raw_channel() -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(
+        &handoff_test_support::amqp_url(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("raw connection");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, panicking after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

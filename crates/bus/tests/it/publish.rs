@@ -8,7 +8,7 @@ use futures::future::join_all;
 use handoff_bus::{BusConfig, BusError, OutgoingMessage, Topology, trace};
 use tracing::Instrument;
 
-use crate::{TestBus, config, raw_event, v1_topology, wait_count};
+use crate::{TestBus, config, publish_in_span, raw_channel, raw_event, v1_topology, wait_count};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_lands_persistent_in_the_stage_queue_with_its_trace() {
@@ -16,16 +16,7 @@ async fn a_publish_lands_persistent_in_the_stage_queue_with_its_trace() {
     let topology = v1_topology();
     let test = TestBus::start(topology.clone(), config()).await;
 
-    let span = tracing::info_span!("ingest request");
-    let expected_trace = {
-        let _entered = span.enter();
-        trace::current_trace_id().expect("the test subscriber gives spans a trace id")
-    };
-    test.bus
-        .publish(raw_event("evt-1"))
-        .instrument(span)
-        .await
-        .expect("publish");
+    let expected_trace = publish_in_span(&test.bus, "evt-1").await;
 
     let queue = topology.stage_queue("normalizer");
     wait_count(&test.bus, &queue, 1).await;
@@ -211,13 +202,7 @@ async fn raw_lapin_baseline() {
     let in_flight: usize = 1000;
     let topology = Topology::v1(handoff_test_support::namespace());
     let test = TestBus::start(topology.clone(), config()).await;
-    let conn = lapin::Connection::connect(
-        &handoff_test_support::amqp_url(),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("connect");
-    let channel = conn.create_channel().await.expect("channel");
+    let (conn, channel) = raw_channel().await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
