@@ -120,18 +120,7 @@ pub async fn spawn_ingest_with(opts: Options, wait_ready: bool) -> TestIngest {
         admin_listener,
         shutdown.clone(),
     ));
-    let inspector = Bus::start(
-        BusConfig {
-            url: support::amqp_url(),
-            ..BusConfig::default()
-        },
-        Topology::v1(&namespace),
-        CancellationToken::new(),
-    );
-    inspector
-        .wait_ready(Duration::from_secs(20))
-        .await
-        .expect("inspector connects");
+    let inspector = inspector(&namespace).await;
     let app = TestIngest {
         base,
         admin,
@@ -219,11 +208,7 @@ impl TestIngest {
 
     /// Takes every message from the raw queue.
     pub async fn drain_raw(&self) -> Vec<Delivery> {
-        let mut out = Vec::new();
-        while let Some(d) = self.inspector.get(&self.raw_queue()).await.expect("get") {
-            out.push(d);
-        }
-        out
+        drain_raw(&self.inspector).await
     }
 
     /// Stops the service and removes its queues and Redis keys.
@@ -236,10 +221,42 @@ impl TestIngest {
                 "ingest did not stop cleanly: {result:?}"
             );
         }
-        let _ = self.inspector.teardown().await;
-        self.inspector.close().await;
-        support::cleanup_redis(&self.namespace).await;
+        remove_namespace(self.inspector, &self.namespace).await;
     }
+}
+
+/// A direct broker connection (never through a test's proxy) to the
+/// namespace's topology, for looking into its queues.
+pub async fn inspector(namespace: &str) -> Bus {
+    let bus = Bus::start(
+        BusConfig {
+            url: support::amqp_url(),
+            ..BusConfig::default()
+        },
+        Topology::v1(namespace),
+        CancellationToken::new(),
+    );
+    bus.wait_ready(Duration::from_secs(20))
+        .await
+        .expect("inspector connects");
+    bus
+}
+
+/// Takes every message from the namespace's raw queue (the normalizer's).
+pub async fn drain_raw(inspector: &Bus) -> Vec<Delivery> {
+    let queue = inspector.topology().stage_queue("normalizer");
+    let mut out = Vec::new();
+    while let Some(d) = inspector.get(&queue).await.expect("get") {
+        out.push(d);
+    }
+    out
+}
+
+/// Deletes the namespace's queues, exchanges and Redis keys.
+pub async fn remove_namespace(inspector: Bus, namespace: &str) {
+    let _ = inspector.teardown().await;
+    inspector.close().await;
+    support::cleanup_redis(namespace).await;
 }
 
 /// Status, JSON body (Null if none) and headers of a response.

@@ -6,11 +6,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use handoff_bus::{Bus, BusConfig, Topology};
 use handoff_ingest::auth::key_sha256;
 use handoff_test_support as support;
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
@@ -123,27 +121,14 @@ key_sha256 = "{hash}"
         "the load did not run: {} accepted",
         accepted.len()
     );
-    let inspector = Bus::start(
-        BusConfig {
-            url: support::amqp_url(),
-            ..BusConfig::default()
-        },
-        Topology::v1(&namespace),
-        CancellationToken::new(),
-    );
-    inspector
-        .wait_ready(Duration::from_secs(20))
+    let inspector = inspector(&namespace).await;
+    let in_queue: BTreeSet<String> = drain_raw(&inspector)
         .await
-        .expect("inspector");
-    let queue = inspector.topology().stage_queue("normalizer");
-    let mut in_queue = BTreeSet::new();
-    while let Some(d) = inspector.get(&queue).await.expect("get") {
-        in_queue.insert(envelope(&d).event_id);
-    }
+        .iter()
+        .map(|d| envelope(d).event_id)
+        .collect();
     let missing: Vec<_> = accepted.difference(&in_queue).collect();
     assert!(missing.is_empty(), "202 but not in the queue: {missing:?}");
-    let _ = inspector.teardown().await;
-    inspector.close().await;
-    support::cleanup_redis(&namespace).await;
+    remove_namespace(inspector, &namespace).await;
     let _ = std::fs::remove_file(config_path);
 }
