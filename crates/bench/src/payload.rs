@@ -18,24 +18,11 @@ pub const PUBLISHER_ID: &str = "bench";
 /// `occurred_at` of the seed event, 2026-03-19T10:15:22Z, in Unix seconds.
 const SEED_OCCURRED_AT: u64 = 1_773_915_322;
 
-/// The seed example with `event_id` replaced.
+/// The seed example (ingest's own contract example) with `event_id` replaced.
 pub fn event(event_id: &str) -> Value {
-    json!({
-        "event_id": event_id,
-        "occurred_at": "2026-03-19T10:15:22Z",
-        "source": "crm",
-        "customer": {
-            "crm_contact_id": "12345",
-            "email": "alex@example.com",
-            "first_name": "Alex",
-            "last_name": "Kim",
-            "company": "Example Co",
-            "lifecycle_stage": "customer",
-            "plan": "pro",
-            "owner_email": "owner@example.com"
-        },
-        "context": {"deal_id": "D-9001", "utm_source": "webinar", "utm_campaign": "onboarding"}
-    })
+    let mut event = handoff_ingest::contract::example(EVENT_TYPE);
+    event["event_id"] = Value::String(event_id.to_owned());
+    event
 }
 
 /// The body of `POST /v1/events/customer.converted`: the seed event, compact.
