@@ -38,7 +38,7 @@ pub use headers::{
     HEADER_ATTEMPT, HEADER_ATTEMPTS, HEADER_FIRST_FAILED_AT, HEADER_ORIGIN_EXCHANGE,
     HEADER_ORIGIN_ROUTING_KEY,
 };
-pub use topology::Topology;
+pub use topology::{CRM_WRITER, EMAIL_WRITER, NORMALIZER, Topology};
 
 /// AMQP headers as Handoff uses them: string keys, string values.
 ///

@@ -25,6 +25,13 @@ use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::{BusConfig, BusError};
 
+/// Stage name of the normalizer (`raw.*` → `canonical.*`).
+pub const NORMALIZER: &str = "normalizer";
+/// Stage name of the CRM writer (`canonical.*` → the CRM).
+pub const CRM_WRITER: &str = "crm-writer";
+/// Stage name of the email writer (`canonical.*` → the email platform).
+pub const EMAIL_WRITER: &str = "email-writer";
+
 /// Names of every exchange and queue for one namespace, and the stages that consume.
 ///
 /// A namespace isolates one deployment (or one test) from another on the same
@@ -51,9 +58,15 @@ impl Topology {
         }
     }
 
-    /// Today's product: the `normalizer` stage consumes every raw event (`raw.#`).
+    /// The product's stages: the `normalizer` consumes every raw event (`raw.#`); the
+    /// `crm-writer` and the `email-writer` each consume every canonical event
+    /// (`canonical.#`). Every service declares all of them, so whatever one stage
+    /// publishes is routable and waits for the next even before it has started.
     pub fn v1(namespace: impl Into<String>) -> Self {
-        Self::new(namespace).with_stage("normalizer", &["raw.#"])
+        Self::new(namespace)
+            .with_stage(NORMALIZER, &["raw.#"])
+            .with_stage(CRM_WRITER, &["canonical.#"])
+            .with_stage(EMAIL_WRITER, &["canonical.#"])
     }
 
     /// Adds a stage (or replaces its binding keys if it is already there).
@@ -328,14 +341,19 @@ mod tests {
             t.delay_queue("normalizer", Duration::from_secs(30)),
             "prod.normalizer.delay.30s"
         );
-        assert_eq!(t.stages().collect::<Vec<_>>(), vec!["normalizer"]);
+        assert_eq!(
+            t.stages().collect::<Vec<_>>(),
+            vec!["normalizer", "crm-writer", "email-writer"]
+        );
         assert_eq!(t.binding_keys("normalizer"), ["raw.#".to_owned()]);
+        assert_eq!(t.binding_keys("email-writer"), ["canonical.#".to_owned()]);
         assert!(Topology::new("x").stages().next().is_none());
     }
 
     #[test]
     fn with_stage_replaces_binding_keys() {
-        let t = Topology::v1("ns")
+        let t = Topology::new("ns")
+            .with_stage("normalizer", &["raw.#"])
             .with_stage("crm-writer", &["canonical.#"])
             .with_stage("normalizer", &["raw.lead.*"]);
         assert_eq!(

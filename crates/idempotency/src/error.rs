@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The configured URL is not a Redis URL (the only error [`crate::Store::new`] returns).
     #[error("invalid redis url: {0}")]

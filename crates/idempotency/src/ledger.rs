@@ -21,8 +21,8 @@ pub(crate) const TRACE_ID: &str = "trace_id";
 pub(crate) const STAGE_PREFIX: &str = "stage:";
 
 /// How long a ledger is kept after its last update unless the caller says otherwise: long enough
-/// for a publisher to ask what became of an event after a weekend.
-pub const DEFAULT_LEDGER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// for a publisher or an SRE to ask what became of an event weeks later.
+pub const DEFAULT_LEDGER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One stage's news about one event.
 #[derive(Debug, Clone)]

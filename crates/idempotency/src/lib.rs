@@ -14,17 +14,23 @@
 //! message then claims again. Records and ledgers live under a namespace (`"{ns}:idem:..."`,
 //! `"{ns}:ledger:..."`), so several deployments or tests share one Redis without colliding.
 //!
-//! Code map: `store.rs` (the [`Store`] and its Lua scripts in `lua/`), `ledger.rs` (the ledger
+//! Code map: `store.rs` (the [`Store`] and its Lua scripts in `lua/`), `batch.rs` (coalescing
+//! concurrent claims and completions into batch script calls), `ledger.rs` (the ledger
 //! types), `config.rs` ([`RedisConfig`]), `error.rs` ([`StoreError`]).
 
+mod batch;
 mod config;
 mod error;
 mod ledger;
+mod policy;
 mod store;
 
 pub use config::RedisConfig;
 pub use error::StoreError;
 pub use ledger::{DEFAULT_LEDGER_TTL, Ledger, LedgerUpdate, StageStatus, now_rfc3339};
+pub use policy::{DedupeConfig, LedgerConfig};
+#[doc(hidden)]
+pub use store::BatchStats;
 pub use store::Store;
 
 /// What an idempotency record protects: one `stage`'s side effect for one `id` within a `scope`

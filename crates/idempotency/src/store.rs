@@ -6,48 +6,111 @@
 //! (through [`Store::is_healthy`]) until Redis comes back.
 //!
 //! Every operation is one round trip (a Lua script loaded once and then called by SHA, or a
-//! `MULTI` pipeline) and is bounded by `op_timeout`, connection set-up included.
+//! `MULTI` pipeline) and is bounded by `op_timeout`, connection set-up included (for a coalesced
+//! operation: queueing included).
+//!
+//! Claims and completions are coalesced (`batch.rs`): concurrent calls of [`Store::claim`] (or of
+//! [`Store::complete`] / [`Store::complete_with_outcome`]) share one script call,
+//! `lua/claim_many.lua` (`lua/complete_many.lua`), which handles every item exactly as a lone call
+//! would and answers each item on its own. Callers see the same signatures and results; Redis sees
+//! far fewer script calls under load, which is most of its CPU per event. An idle store sends a
+//! lone request at once: nothing ever waits on a timer to fill a batch. A batch-wide failure
+//! (connection lost, timeout, a script error) answers every request of that batch with the same
+//! [`StoreError`]; an error of one item's command (e.g. `WRONGTYPE`) answers only that item.
+//! [`Store::release`] is rare (failed side effects only) and stays a direct call.
+//!
+//! The store targets a single Redis (a primary, optionally with replicas or Sentinel), not Redis
+//! Cluster: a script may only touch keys of one hash slot there, and a batch touches many unrelated
+//! keys. That was already so before coalescing: `complete` writes the idempotency record and the
+//! ledger, which live in different slots, in one script call (ARCHITECTURE.md).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{BatchCall, BatchResult, Batcher};
 use crate::ledger::{FIRST_SEEN_AT, Ledger, LedgerUpdate};
 use crate::{Claim, ClaimToken, Completion, IdempotencyKey, RedisConfig, StoreError};
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
-static COMPLETE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/complete.lua")));
+const CLAIM_MANY_LUA: &str = include_str!("lua/claim_many.lua");
+const COMPLETE_MANY_LUA: &str = include_str!("lua/complete_many.lua");
+static CLAIM_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_MANY_LUA));
+static COMPLETE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_MANY_LUA));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
 
 const STARTED: &str = "started:";
 const FINISHED: &str = "finished:";
 
-struct Inner {
+/// What the batcher tasks need: the connection and its bookkeeping, but not the batchers, so a
+/// task never keeps the queue that feeds it alive (it ends when the last `Store` clone is dropped).
+struct Shared {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
     namespace: String,
     op_timeout: Duration,
     healthy: AtomicBool,
+    script_calls: AtomicU64,
+    script_requests: AtomicU64,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    claims: Batcher<ClaimItem, Option<String>>,
+    completions: Batcher<CompleteItem, String>,
+}
+
+/// One claim as `claim_many.lua` takes it.
+struct ClaimItem {
+    key: String,
+    record: String,
+    lease_ms: i64,
+}
+
+/// One completion as `complete_many.lua` takes it.
+struct CompleteItem {
+    key: String,
+    suffix: String,
+    finished: String,
+    retention_ms: i64,
+    ledger: Option<LedgerItem>,
+}
+
+struct LedgerItem {
+    key: String,
+    ttl_ms: i64,
+    first_seen_at: String,
+    fields: Vec<(String, String)>,
 }
 
 /// Handle to the idempotency records and the ledger in Redis. Cheap to clone; clones share one
-/// connection and one health flag.
+/// connection, one health flag and the batchers that coalesce claims and completions.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// How many claim/complete script calls a store made and how many requests they answered
+/// (`requests / calls` is the mean batch size). For tests and benchmarks.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    /// `claim_many` and `complete_many` calls sent.
+    pub calls: u64,
+    /// Claims and completions those calls carried.
+    pub requests: u64,
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("namespace", &self.inner.namespace)
-            .field("op_timeout", &self.inner.op_timeout)
+            .field("namespace", &self.inner.shared.namespace)
+            .field("op_timeout", &self.inner.shared.op_timeout)
             .field("healthy", &self.is_healthy())
             .finish_non_exhaustive()
     }
@@ -58,25 +121,56 @@ impl Store {
     /// opened on the first operation. Fails only for a malformed URL.
     pub fn new(cfg: &RedisConfig, namespace: &str) -> Result<Store, StoreError> {
         let client = redis::Client::open(cfg.url.as_str()).map_err(StoreError::InvalidUrl)?;
+        let shared = Arc::new(Shared {
+            client,
+            conn: OnceCell::new(),
+            namespace: namespace.to_owned(),
+            op_timeout: cfg.op_timeout,
+            healthy: AtomicBool::new(false),
+            script_calls: AtomicU64::new(0),
+            script_requests: AtomicU64::new(0),
+        });
+        let claims: BatchCall<ClaimItem, Option<String>> = {
+            let shared = Arc::clone(&shared);
+            Arc::new(move |items| {
+                let shared = Arc::clone(&shared);
+                Box::pin(async move { shared.claim_many(items).await })
+            })
+        };
+        let completions: BatchCall<CompleteItem, String> = {
+            let shared = Arc::clone(&shared);
+            Arc::new(move |items| {
+                let shared = Arc::clone(&shared);
+                Box::pin(async move { shared.complete_many(items).await })
+            })
+        };
+        // The batchers spawn their tasks on first use, inside the caller's runtime.
         Ok(Store {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceCell::new(),
-                namespace: namespace.to_owned(),
-                op_timeout: cfg.op_timeout,
-                healthy: AtomicBool::new(false),
+                shared,
+                claims: Batcher::new(claims),
+                completions: Batcher::new(completions),
             }),
         })
     }
 
     /// The namespace every key starts with.
     pub fn namespace(&self) -> &str {
-        &self.inner.namespace
+        &self.inner.shared.namespace
+    }
+
+    /// Claim/complete script calls so far and the requests they answered.
+    #[doc(hidden)]
+    pub fn batch_stats(&self) -> BatchStats {
+        BatchStats {
+            calls: self.inner.shared.script_calls.load(Ordering::Relaxed),
+            requests: self.inner.shared.script_requests.load(Ordering::Relaxed),
+        }
     }
 
     /// `"{namespace}:{a}:{b}..."`.
     pub fn key(&self, parts: &[&str]) -> String {
-        let mut key = self.inner.namespace.clone();
+        let mut key = self.inner.shared.namespace.clone();
         for part in parts {
             key.push(':');
             key.push_str(part);
@@ -103,7 +197,7 @@ impl Store {
     /// True when the last operation (or health-monitor ping) reached Redis. False until the first
     /// one has, so a service reports not-ready until Redis has answered once.
     pub fn is_healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Relaxed)
+        self.inner.shared.healthy.load(Ordering::Relaxed)
     }
 
     /// Spawns a task that pings Redis right away and then every `every` until `shutdown` is
@@ -140,17 +234,12 @@ impl Store {
     ) -> Result<Claim, StoreError> {
         let redis_key = self.idempotency_key(key);
         let token = ClaimToken::generate();
-        let record = format!("{STARTED}{fingerprint}:{}", token.as_str());
-        let existing: Option<String> = self
-            .run(|mut conn| {
-                let invocation = {
-                    let mut inv = CLAIM.key(&redis_key);
-                    inv.arg(&record).arg(millis(lease));
-                    inv
-                };
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
+        let item = ClaimItem {
+            key: redis_key.clone(),
+            record: format!("{STARTED}{fingerprint}:{}", token.as_str()),
+            lease_ms: millis(lease),
+        };
+        let existing = self.coalesced(self.inner.claims.submit(item)).await?;
         match existing {
             None => Ok(Claim::Acquired(token)),
             Some(record) => parse_record(&redis_key, &record),
@@ -205,23 +294,19 @@ impl Store {
         ledger: Option<&LedgerUpdate>,
     ) -> Result<Completion, StoreError> {
         let redis_key = self.idempotency_key(key);
-        let mut invocation = COMPLETE.key(&redis_key);
-        invocation
-            .arg(token.suffix())
-            .arg(format!("{FINISHED}{fingerprint}"))
-            .arg(millis(retention));
-        if let Some(update) = ledger {
-            invocation
-                .key(self.ledger_key(&update.publisher_id, &update.event_id))
-                .arg(millis(update.ttl))
-                .arg(&update.at);
-            for (field, value) in update.fields() {
-                invocation.arg(field).arg(value);
-            }
-        }
-        let outcome: String = self
-            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await?;
+        let item = CompleteItem {
+            key: redis_key.clone(),
+            suffix: token.suffix(),
+            finished: format!("{FINISHED}{fingerprint}"),
+            retention_ms: millis(retention),
+            ledger: ledger.map(|update| LedgerItem {
+                key: self.ledger_key(&update.publisher_id, &update.event_id),
+                ttl_ms: millis(update.ttl),
+                first_seen_at: update.at.clone(),
+                fields: update.fields(),
+            }),
+        };
+        let outcome = self.coalesced(self.inner.completions.submit(item)).await?;
         match outcome.as_str() {
             "completed" => Ok(Completion::Completed),
             "lease_expired" => Ok(Completion::LeaseExpired),
@@ -290,12 +375,39 @@ impl Store {
         Ledger::from_hash(&key, publisher_id, event_id, hash)
     }
 
+    /// Runs one operation bounded by `op_timeout` and records whether Redis was reachable.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.inner.shared.run(op).await
+    }
+
+    /// Waits for a coalesced request's answer, bounded by `op_timeout` from the moment the caller
+    /// asked (queueing included), so a stalled Redis is a quick error here as everywhere else.
+    async fn coalesced<T>(
+        &self,
+        answer: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let shared = &self.inner.shared;
+        match tokio::time::timeout(shared.op_timeout, answer).await {
+            Ok(result) => result,
+            Err(_) => {
+                let err = StoreError::Timeout(shared.op_timeout);
+                shared.set_healthy(false, Some(&err));
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Shared {
     /// The shared connection, created on first use (inside the runtime, which the connection
     /// manager needs for its background task).
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let op_timeout = self.inner.op_timeout;
+        let op_timeout = self.op_timeout;
         let conn = self
-            .inner
             .conn
             .get_or_try_init(|| async {
                 let config = ConnectionManagerConfig::new()
@@ -308,7 +420,7 @@ impl Store {
                     .set_number_of_retries(1)
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
             })
             .await
             .map_err(StoreError::from)?;
@@ -325,9 +437,9 @@ impl Store {
             let conn = self.connection().await?;
             op(conn).await.map_err(StoreError::from)
         };
-        let result = match tokio::time::timeout(self.inner.op_timeout, attempt).await {
+        let result = match tokio::time::timeout(self.op_timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout(self.inner.op_timeout)),
+            Err(_) => Err(StoreError::Timeout(self.op_timeout)),
         };
         let reachable = match &result {
             Ok(_) => true,
@@ -338,15 +450,128 @@ impl Store {
     }
 
     fn set_healthy(&self, healthy: bool, err: Option<&StoreError>) {
-        let was = self.inner.healthy.swap(healthy, Ordering::Relaxed);
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
         if was && !healthy {
             match err {
                 Some(err) => tracing::warn!(error = %err, "Redis became unreachable."),
                 None => tracing::warn!("Redis became unreachable."),
             }
         } else if !was && healthy {
-            tracing::info!(namespace = %self.inner.namespace, "Redis is reachable.");
+            tracing::info!(namespace = %self.namespace, "Redis is reachable.");
         }
+    }
+
+    /// One `claim_many.lua` call for a batch of claims: per item, `None` when acquired, else the
+    /// record found.
+    async fn claim_many(&self, items: Vec<ClaimItem>) -> BatchResult<Option<String>> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(CLAIM_MANY.get_hash()).arg(items.len());
+        for item in &items {
+            cmd.arg(&item.key);
+        }
+        for item in &items {
+            cmd.arg(&item.record).arg(item.lease_ms);
+        }
+        let replies = self.eval_many(cmd, CLAIM_MANY_LUA, items.len()).await?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| match reply {
+                Value::Nil | Value::Boolean(false) => Ok(None),
+                other => item_string(other, "claim_many").map(Some),
+            })
+            .collect())
+    }
+
+    /// One `complete_many.lua` call for a batch of completions: per item, the outcome word.
+    async fn complete_many(&self, items: Vec<CompleteItem>) -> BatchResult<String> {
+        let keys = items.iter().map(|i| 1 + usize::from(i.ledger.is_some()));
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(COMPLETE_MANY.get_hash()).arg(keys.sum::<usize>());
+        for item in &items {
+            cmd.arg(&item.key);
+            if let Some(ledger) = &item.ledger {
+                cmd.arg(&ledger.key);
+            }
+        }
+        for item in &items {
+            cmd.arg(if item.ledger.is_some() { "1" } else { "0" })
+                .arg(&item.suffix)
+                .arg(&item.finished)
+                .arg(item.retention_ms);
+            if let Some(ledger) = &item.ledger {
+                cmd.arg(ledger.ttl_ms)
+                    .arg(&ledger.first_seen_at)
+                    .arg(ledger.fields.len());
+                for (field, value) in &ledger.fields {
+                    cmd.arg(field).arg(value);
+                }
+            }
+        }
+        let replies = self.eval_many(cmd, COMPLETE_MANY_LUA, items.len()).await?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| item_string(reply, "complete_many"))
+            .collect())
+    }
+
+    /// Sends an `EVALSHA` (loading the script first if Redis does not know it yet) and returns its
+    /// per-item replies, still unparsed: an error reply of one item is that item's error, so the
+    /// reply is read as raw values rather than with `query_async`, which fails on any error inside.
+    async fn eval_many(
+        &self,
+        cmd: redis::Cmd,
+        source: &'static str,
+        items: usize,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.script_calls.fetch_add(1, Ordering::Relaxed);
+        self.script_requests
+            .fetch_add(u64::try_from(items).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let reply = self
+            .run(|mut conn| async move {
+                match top_level(conn.req_packed_command(&cmd).await) {
+                    Err(err)
+                        if err.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        // A restarted or flushed Redis forgot the script: load it, then retry once.
+                        redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(source)
+                            .query_async::<String>(&mut conn)
+                            .await?;
+                        top_level(conn.req_packed_command(&cmd).await)
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        match reply {
+            Value::Array(replies) if replies.len() == items => Ok(replies),
+            other => Err(StoreError::Corrupt(format!(
+                "batch script answered {other:?} for {items} items"
+            ))),
+        }
+    }
+}
+
+/// A top-level error reply as an error (the connection may hand it over as a value).
+fn top_level(reply: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
+    match reply? {
+        Value::ServerError(err) => Err(err.into()),
+        value => Ok(value),
+    }
+}
+
+/// One item's reply as a string, or that item's error.
+fn item_string(reply: Value, script: &str) -> Result<String, StoreError> {
+    match reply {
+        Value::ServerError(err) => Err(StoreError::from(redis::RedisError::from(err))),
+        Value::BulkString(bytes) => String::from_utf8(bytes)
+            .map_err(|err| StoreError::Corrupt(format!("{script} answered non-UTF-8: {err}"))),
+        Value::SimpleString(text) => Ok(text),
+        other => Err(StoreError::Corrupt(format!(
+            "{script} answered {other:?} for an item"
+        ))),
     }
 }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use handoff_bus::BusConfig;
 use handoff_events::EventType;
-use handoff_idempotency::RedisConfig;
+use handoff_idempotency::{DedupeConfig, LedgerConfig, RedisConfig};
 use handoff_kit::admin::AdminConfig;
-use handoff_kit::config::{ConfigError, Validate};
+use handoff_kit::config::{ConfigError, Validate, check_namespace};
+use handoff_kit::shutdown::ShutdownConfig;
 use handoff_kit::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
@@ -80,62 +81,6 @@ impl Default for HttpConfig {
     }
 }
 
-/// The `event_id` dedupe records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DedupeConfig {
-    /// How long an in-flight claim blocks a concurrent send of the same id;
-    /// after a crash between claim and publish, a retry is accepted once it expires.
-    #[serde(with = "humantime_serde")]
-    pub lease: Duration,
-    /// How long an accepted event id is remembered: a retry within this window is a duplicate.
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-}
-
-impl Default for DedupeConfig {
-    fn default() -> Self {
-        DedupeConfig {
-            lease: Duration::from_secs(30),
-            retention: Duration::from_secs(7 * 24 * 3600),
-        }
-    }
-}
-
-/// The per-event status ledger.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LedgerConfig {
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
-}
-
-impl Default for LedgerConfig {
-    fn default() -> Self {
-        LedgerConfig {
-            ttl: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
-}
-
-/// Graceful shutdown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ShutdownConfig {
-    /// How long in-flight requests may take to finish after SIGTERM; well under
-    /// Kubernetes' default 30 s termination grace period.
-    #[serde(with = "humantime_serde")]
-    pub grace: Duration,
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> Self {
-        ShutdownConfig {
-            grace: Duration::from_secs(20),
-        }
-    }
-}
-
 /// One upstream publisher.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,17 +128,7 @@ impl PublisherConfig {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
-        if self.namespace.is_empty()
-            || !self
-                .namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return invalid(format!(
-                "namespace {:?} must be non-empty and use only letters, digits, '-' and '_'",
-                self.namespace
-            ));
-        }
+        check_namespace(&self.namespace)?;
         if self.http.body_limit_bytes == 0 || self.http.batch_max_events == 0 {
             return invalid(
                 "http.body_limit_bytes and http.batch_max_events must be positive".into(),

@@ -62,6 +62,23 @@ pub enum ConfigError {
     Args(String),
 }
 
+/// Checks a namespace (the prefix of every exchange, queue and Redis key): non-empty, and only
+/// letters, digits, `-` and `_`, so it is safe in AMQP names and Redis keys alike.
+pub fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
+    let valid = !namespace.is_empty()
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            "namespace",
+            format!("{namespace:?} must be non-empty and use only letters, digits, '-' and '_'"),
+        ))
+    }
+}
+
 impl ConfigError {
     /// Builds [`ConfigError::Invalid`] as `"<key>: <reason>"`, the shape every validation error uses.
     pub fn invalid(key: &str, reason: impl std::fmt::Display) -> Self {

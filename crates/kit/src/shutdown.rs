@@ -9,7 +9,26 @@
 use std::future::Future;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+/// `[shutdown]` in every service's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight work may take to finish after SIGTERM; well under
+    /// Kubernetes' default 30 s termination grace period.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: Duration::from_secs(20),
+        }
+    }
+}
 
 /// Completes on the first SIGTERM or SIGINT (Ctrl-C) and returns the signal's name. If a signal
 /// handler cannot be installed, that signal is ignored (logged) and the other still works.

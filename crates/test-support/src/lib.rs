@@ -68,6 +68,43 @@ pub fn url_via(url: &str, addr: SocketAddr) -> String {
     format!("{scheme}://{userinfo}{addr}{path}")
 }
 
+/// A direct broker connection (never through a test's proxy) to the
+/// namespace's v1 topology (declared if missing), for publishing into and
+/// looking into its queues.
+pub async fn inspector(namespace: &str) -> handoff_bus::Bus {
+    let bus = handoff_bus::Bus::start(
+        handoff_bus::BusConfig {
+            url: amqp_url(),
+            ..handoff_bus::BusConfig::default()
+        },
+        handoff_bus::Topology::v1(namespace),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    if let Err(err) = bus.wait_ready(std::time::Duration::from_secs(20)).await {
+        panic!("the inspector could not connect to RabbitMQ: {err}");
+    }
+    bus
+}
+
+/// Takes every message waiting in `queue`.
+pub async fn drain_queue(inspector: &handoff_bus::Bus, queue: &str) -> Vec<handoff_bus::Delivery> {
+    let mut out = Vec::new();
+    loop {
+        match inspector.get(queue).await {
+            Ok(Some(delivery)) => out.push(delivery),
+            Ok(None) => return out,
+            Err(err) => panic!("reading {queue}: {err}"),
+        }
+    }
+}
+
+/// Deletes the namespace's queues, exchanges and Redis keys.
+pub async fn remove_namespace(inspector: handoff_bus::Bus, namespace: &str) {
+    let _ = inspector.teardown().await;
+    inspector.close().await;
+    cleanup_redis(namespace).await;
+}
+
 /// Installs tracing + OpenTelemetry for tests once per test binary.
 pub fn init_telemetry() {
     handoff_kit::telemetry::init_for_tests();

@@ -424,7 +424,7 @@ async fn shutdown_lets_in_flight_handlers_finish_and_ack() {
 async fn run_refuses_a_stage_outside_the_topology() {
     let test = TestBus::start(v1_topology(), config()).await;
     let handler = Scripted::new(|_| Outcome::Ack);
-    let result = consumer::run(&test.bus, "crm-writer", handler, test.shutdown.clone()).await;
+    let result = consumer::run(&test.bus, "billing-writer", handler, test.shutdown.clone()).await;
     assert!(result.is_err());
     test.finish().await;
 }

@@ -67,9 +67,9 @@ async fn a_publish_lands_persistent_in_the_stage_queue_with_its_trace() {
 async fn an_unroutable_key_is_reported() {
     let test = TestBus::start(v1_topology(), config()).await;
     let mut msg = raw_event("evt-1");
-    msg.routing_key = "canonical.lead.created".into();
+    msg.routing_key = "audit.lead.created".into();
     match test.bus.publish(msg).await {
-        Err(BusError::Unroutable(key)) => assert_eq!(key, "canonical.lead.created"),
+        Err(BusError::Unroutable(key)) => assert_eq!(key, "audit.lead.created"),
         other => panic!("expected Unroutable, got {other:?}"),
     }
     // The default exchange routes by queue name; an unknown queue is unroutable too.

@@ -2,6 +2,7 @@
 //! default `redis://127.0.0.1:6379/`). Every test works under its own random namespace and deletes
 //! its keys at the end; keys a failed test leaves behind all carry TTLs.
 
+mod batching;
 mod claims;
 mod ledger;
 mod outages;

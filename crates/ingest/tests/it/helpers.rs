@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use handoff_bus::{Bus, BusConfig, Delivery, Topology};
+use handoff_bus::{Bus, BusConfig, Delivery};
 use handoff_events::Message;
 use handoff_events::v1::{Envelope, envelope::Payload};
 use handoff_idempotency::RedisConfig;
@@ -225,38 +225,11 @@ impl TestIngest {
     }
 }
 
-/// A direct broker connection (never through a test's proxy) to the
-/// namespace's topology, for looking into its queues.
-pub async fn inspector(namespace: &str) -> Bus {
-    let bus = Bus::start(
-        BusConfig {
-            url: support::amqp_url(),
-            ..BusConfig::default()
-        },
-        Topology::v1(namespace),
-        CancellationToken::new(),
-    );
-    bus.wait_ready(Duration::from_secs(20))
-        .await
-        .expect("inspector connects");
-    bus
-}
+pub use support::{inspector, remove_namespace};
 
 /// Takes every message from the namespace's raw queue (the normalizer's).
 pub async fn drain_raw(inspector: &Bus) -> Vec<Delivery> {
-    let queue = inspector.topology().stage_queue("normalizer");
-    let mut out = Vec::new();
-    while let Some(d) = inspector.get(&queue).await.expect("get") {
-        out.push(d);
-    }
-    out
-}
-
-/// Deletes the namespace's queues, exchanges and Redis keys.
-pub async fn remove_namespace(inspector: Bus, namespace: &str) {
-    let _ = inspector.teardown().await;
-    inspector.close().await;
-    support::cleanup_redis(namespace).await;
+    support::drain_queue(inspector, &inspector.topology().stage_queue("normalizer")).await
 }
 
 /// Status, JSON body (Null if none) and headers of a response.
