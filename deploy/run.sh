@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 RUN_DIR=.run
 API=http://127.0.0.1:8080
 ADMIN=http://127.0.0.1:9090
+NORMALIZER_ADMIN=http://127.0.0.1:9091
 mkdir -p "$RUN_DIR"
 
 log() { printf '==> %s\n' "$*"; }
@@ -41,6 +42,19 @@ key_sha256 = "$KEY_SHA"
 event_types = ["*"]
 TOML
 
+cat >"$RUN_DIR/normalizer.toml" <<TOML
+# Written by deploy/run.sh for local development. The enum maps and field
+# policies go under [normalize]; crates/normalize/normalize.example.toml
+# lists every setting with its default.
+namespace = "handoff"
+
+[admin]
+listen = "127.0.0.1:9091"
+
+[telemetry]
+log_format = "json"
+TOML
+
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -54,15 +68,25 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# wait_ready NAME ADMIN_URL LOG
+wait_ready() {
+  for _ in $(seq 1 120); do
+    curl -fsS "$2/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.25
+  done
+  log "$1 did not become ready; see $3"
+  tail -20 "$3"
+  exit 1
+}
+
 log "Starting ingest (logs: $RUN_DIR/ingest.log)"
 HANDOFF_CONFIG=$RUN_DIR/handoff.toml target/release/handoff-ingest >>"$RUN_DIR/ingest.log" 2>&1 &
 pids+=($!)
-
-for _ in $(seq 1 120); do
-  curl -fsS "$ADMIN/readyz" >/dev/null 2>&1 && break
-  sleep 0.25
-done
-curl -fsS "$ADMIN/readyz" >/dev/null || { log "ingest did not become ready; see $RUN_DIR/ingest.log"; tail -20 "$RUN_DIR/ingest.log"; exit 1; }
+log "Starting normalizer (logs: $RUN_DIR/normalizer.log)"
+HANDOFF_CONFIG=$RUN_DIR/normalizer.toml target/release/handoff-normalizer >>"$RUN_DIR/normalizer.log" 2>&1 &
+pids+=($!)
+wait_ready ingest "$ADMIN" "$RUN_DIR/ingest.log"
+wait_ready normalizer "$NORMALIZER_ADMIN" "$RUN_DIR/normalizer.log"
 
 EVENT_ID="evt_demo_$(date +%s)"
 DEMO=$(sed "s/evt_2026_03_19_000123/$EVENT_ID/" deploy/demo-event.json)
@@ -71,13 +95,17 @@ cat <<INFO
 
   Handoff is running.
     API        $API
-    Admin      $ADMIN/metrics  $ADMIN/readyz
+    Admin      ingest $ADMIN/metrics  $ADMIN/readyz
+               normalizer $NORMALIZER_ADMIN/metrics  $NORMALIZER_ADMIN/readyz
     API key    $KEY   (publisher "dev", development only)
 
   Send an event:
     curl -sS -X POST $API/v1/events/customer.converted \\
       -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
       -d @deploy/demo-event.json
+
+  Try a mapping offline (what the normalizer makes of a raw body):
+    target/release/handoff-normalizer check lead.created deploy/demo-messy.json --config $RUN_DIR/normalizer.toml
 
 INFO
 
@@ -89,9 +117,30 @@ log "Demo: the same event again (a safe retry)"
 curl -sS -X POST "$API/v1/events/customer.converted" \
   -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$DEMO"
 echo
-log "Demo: GET /v1/events/$EVENT_ID"
-curl -sS "$API/v1/events/$EVENT_ID" -H "Authorization: Bearer $KEY"
+# status EVENT_ID: polls the ledger until the normalizer has had its say, then prints it.
+status() {
+  local body=""
+  for _ in $(seq 1 40); do
+    body=$(curl -sS "$API/v1/events/$1" -H "Authorization: Bearer $KEY")
+    [[ $body == *'"normalizer"'* ]] && break
+    sleep 0.25
+  done
+  printf '%s\n' "$body"
+}
+log "Demo: GET /v1/events/$EVENT_ID (ingest accepted it, the normalizer published its canonical form)"
+status "$EVENT_ID"
 echo
+
+MESSY_ID="evt_messy_$(date +%s)"
+MESSY=$(sed "s/evt_2026_03_19_000124/$MESSY_ID/" deploy/demo-messy.json)
+log "Demo: a messy lead.created ($MESSY_ID):"
+printf '%s\n' "$MESSY"
+curl -sS -X POST "$API/v1/events/lead.created" \
+  -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$MESSY"
+echo
+status "$MESSY_ID"
+log "Its canonical form (handoff-normalizer check, the same code and maps as the running service):"
+printf '%s' "$MESSY" | target/release/handoff-normalizer check lead.created --config "$RUN_DIR/normalizer.toml" || true
 echo
 log "Running. Press Ctrl-C to stop."
 wait "${pids[@]}"

@@ -15,6 +15,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());
     }
     let descriptors = protox::compile(files, [&proto_root])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // The descriptors themselves, for rendering messages as JSON (`json.rs`).
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("handoff_v1_descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    // Type names (`prost::Name`) let code render or route a message by its proto name.
+    prost_build::Config::new()
+        .enable_type_names()
+        .compile_fds(descriptors)?;
     Ok(())
 }

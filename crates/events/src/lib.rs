@@ -18,6 +18,8 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/handoff.v1.rs"));
 }
 
+pub mod json;
+
 pub use prost::Message;
 pub use prost_types::Timestamp;
 

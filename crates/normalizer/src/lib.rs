@@ -14,6 +14,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod check;
 pub mod config;
 pub mod handler;
 pub mod metrics;
