@@ -57,15 +57,17 @@ pub fn to_json(type_name: &str, bytes: &[u8]) -> Result<serde_json::Value, JsonE
 }
 
 /// Like [`to_json`] for a typed message.
-pub fn message_to_json<M: prost::Name + prost::Message>(message: &M) -> Result<serde_json::Value, JsonError> {
+pub fn message_to_json<M: prost::Name + prost::Message>(
+    message: &M,
+) -> Result<serde_json::Value, JsonError> {
     to_json(&M::full_name(), &message.encode_to_vec())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use crate::v1::{CanonicalPayload, Contact, CustomerConverted, canonical_payload::Event};
+    use prost::Message;
 
     #[test]
     fn a_canonical_payload_renders_with_proto_names() {
