@@ -14,7 +14,8 @@ mkdir -p "$RUN_DIR"
 log() { printf '==> %s\n' "$*"; }
 
 log "Building (release)"
-cargo build --release --bins --quiet
+# Only the services: the bench and test tools are not needed to run.
+cargo build --release --quiet -p handoff-ingest -p handoff-normalizer
 
 # A development key, made once and kept, so the printed curl line keeps working.
 if [[ ! -s $RUN_DIR/dev-api-key ]]; then
