@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Format, Serialized, Toml};
+use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Tag, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::Serialize;
@@ -221,7 +221,11 @@ where
             .map(|(_, v)| PathBuf::from(v)),
     };
 
-    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    // Defaults come from serde (`#[serde(default)]` on every config struct), not from a
+    // serialized copy merged underneath: figment unions maps, so a map in a file (an enum
+    // table under `[normalize]`) could never drop a default key. This way a table the
+    // file gives is the table; everything it leaves out keeps its default.
+    let mut figment = Figment::new();
     if let Some(file) = file {
         // `Toml::file` would silently skip a missing file (and search parent directories); a file
         // someone named must exist, so check first and then read exactly that path.

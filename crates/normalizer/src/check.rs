@@ -80,7 +80,11 @@ mod tests {
         let (ok, out) = check(&normalizer(), "customer.converted", 1, body).expect("checked");
         assert!(!ok);
         assert_eq!(out["rejected"]["error_class"], "validation");
-        assert_eq!(out["rejected"]["fields"][0]["path"], "customer.email");
+        let fields = out["rejected"]["fields"].as_array().expect("fields");
+        assert!(
+            fields.iter().any(|f| f["path"] == "customer.email"),
+            "{out}"
+        );
         assert!(check(&normalizer(), "lead.deleted", 1, b"{}").is_err());
     }
 }
