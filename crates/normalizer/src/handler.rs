@@ -32,8 +32,18 @@ use tracing::{Instrument, debug, field, warn};
 
 use crate::metrics;
 
-/// How long to wait before retrying after Redis or the broker failed us.
-const TRANSIENT_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The longest wait between two tries after a transient failure.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// How long to wait before try `attempt + 1` after Redis or the broker failed
+/// us: 1 s, 2 s, 4 s, … up to ten minutes (the bus rounds up to its delay
+/// tiers). With the default 30 attempts that rides out an outage of hours
+/// before the message is dead-lettered as `retries_exhausted`, while the
+/// first retries come quickly after a blip.
+fn retry_delay(attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(MAX_RETRY_DELAY)
+}
 
 /// Everything one message needs, shared by all of them.
 pub struct NormalizeHandler {
@@ -163,9 +173,11 @@ impl NormalizeHandler {
                     .await;
             }
             Ok(Claim::InFlight { .. }) => {
+                // Usually a redelivery racing the first handler, which finishes in
+                // milliseconds; after a crash, the claim's lease runs out first.
                 metrics::event(event_type, "retry");
                 return Outcome::RetryLater {
-                    delay: TRANSIENT_RETRY_DELAY,
+                    delay: retry_delay(delivery.attempt),
                     error: "another worker is normalizing this event".to_owned(),
                 };
             }
@@ -173,7 +185,7 @@ impl NormalizeHandler {
                 metrics::event(event_type, "retry");
                 warn!(error = %err, "Redis is unavailable; retrying later.");
                 return Outcome::RetryLater {
-                    delay: TRANSIENT_RETRY_DELAY,
+                    delay: retry_delay(delivery.attempt),
                     error: format!("the dedupe store is unavailable: {err}"),
                 };
             }
@@ -214,7 +226,7 @@ impl NormalizeHandler {
                 other => format!("publishing the canonical event failed: {other}"),
             };
             return Outcome::RetryLater {
-                delay: TRANSIENT_RETRY_DELAY,
+                delay: retry_delay(delivery.attempt),
                 error,
             };
         }
@@ -299,5 +311,18 @@ fn fingerprint(envelope: &Envelope, body: &[u8]) -> String {
         hex::encode(Sha256::digest(body))
     } else {
         hex::encode(&envelope.content_sha256)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_ten_minutes() {
+        let delays: Vec<u64> = (1..=12).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 600, 600]);
+        assert_eq!(retry_delay(0), Duration::from_secs(1));
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY_DELAY);
     }
 }
