@@ -9,6 +9,9 @@
 //! publisher confirm, with the same number in flight as the HTTP clients,
 //! spread over as many confirm channels as ingest's bus opens by default.
 //! What is left out is exactly what ingest adds: HTTP, JSON checks, Redis.
+//!
+//! [`preload`], [`publish`] and [`confirm_channels`] serve the relay ceiling
+//! and the normalizer scenario too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -88,21 +91,8 @@ async fn measure(
     )
     .await
     .context("connecting to RabbitMQ")?;
-    // As many confirm channels as ingest's bus opens (`bus.publish_channels`): the broker
-    // runs one process per channel, so this decides how much of it can work in parallel.
-    let channel_count = usize::from(BusConfig::default().publish_channels.max(1));
-    let mut channels = Vec::with_capacity(channel_count);
-    for _ in 0..channel_count {
-        let channel = connection
-            .create_channel()
-            .await
-            .context("opening a channel")?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .context("enabling publisher confirms")?;
-        channels.push(channel);
-    }
+    let channels = confirm_channels(&connection).await?;
+    let channel_count = channels.len();
 
     let message = |tag: char, i: usize| {
         let id = payload::event_id(run_id, tag, i);
@@ -153,9 +143,57 @@ async fn measure(
     })
 }
 
-struct Target {
-    exchange: String,
-    routing_key: String,
+/// As many confirm channels as a service's bus opens (`bus.publish_channels`): the broker
+/// runs one process per channel, so this decides how much of it can work in parallel.
+pub async fn confirm_channels(connection: &Connection) -> anyhow::Result<Vec<Channel>> {
+    let count = usize::from(BusConfig::default().publish_channels.max(1));
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        let channel = connection
+            .create_channel()
+            .await
+            .context("opening a channel")?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .context("enabling publisher confirms")?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Puts `messages` (event id, encoded envelope) into a queue before a scenario that drains
+/// it, the way the ceiling publishes (confirmed, `concurrency` in flight); not measured.
+/// Fails on the first refused publish: a scenario cannot start from a short backlog.
+pub async fn preload(
+    channels: &[Channel],
+    target: &Target,
+    messages: Vec<(String, Vec<u8>)>,
+    concurrency: usize,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let plan = Plan {
+        concurrency,
+        within: Duration::from_secs(3600),
+        stop,
+    };
+    let (_, failures) = publish_all(channels, target, messages, &plan).await?;
+    if stop.is_cancelled() {
+        bail!("interrupted");
+    }
+    if let Some(first) = failures.messages.first() {
+        bail!(
+            "{} preload publishes failed; the first: {first}",
+            failures.events
+        );
+    }
+    Ok(())
+}
+
+/// Where a publish goes.
+pub struct Target {
+    pub exchange: String,
+    pub routing_key: String,
 }
 
 struct Plan<'a> {
@@ -212,8 +250,9 @@ async fn publish_all(
     Ok((Latencies::merge(latencies), Failures::merge(failures)))
 }
 
-/// One persistent, mandatory publish, awaited until the broker confirms it.
-async fn publish(
+/// One persistent, mandatory publish with the properties and headers a service's bus sets,
+/// awaited until the broker confirms it.
+pub async fn publish(
     channel: &Channel,
     exchange: &lapin::types::ShortString,
     routing_key: &lapin::types::ShortString,

@@ -1,8 +1,11 @@
-//! `handoff-bench` (`make bench`): how much of the broker's capacity ingest
-//! turns into accepted events on this machine.
+//! `handoff-bench` (`make bench`): how much of the broker's capacity each
+//! Handoff service turns into work on this machine.
 //!
-//! Three scenarios, each at a fixed concurrency, each counted against what it
-//! should have left in RabbitMQ:
+//! Six scenarios in three parts, each service beside a bare-broker ceiling
+//! that does the same broker work with plain lapin, each counted against what
+//! it should have left in RabbitMQ:
+//!
+//! Part `ingest` (`--only ingest`):
 //!
 //! 1. **bare broker** ([`ceiling`]): a plain lapin publisher with confirms,
 //!    persistent envelopes of ingest's size, into the same v1 topology — the
@@ -11,14 +14,32 @@
 //!    `POST /v1/events/customer.converted` from keep-alive HTTP/1.1 clients.
 //! 3. **ingest batch**: `POST /v1/events:batch` with `--batch-size` events each.
 //!
-//! It prints events/s, p50/p99 latency and the ratio to the ceiling with the
-//! target beside it, then the CPU every process burned ([`procs`]). It never
-//! fails on a figure; it exits non-zero when something is actually wrong:
-//! ingest does not start, a request is refused, or the queue does not hold
-//! exactly the events that were acknowledged.
+//! Part `normalizer` (`--only normalizer`):
+//!
+//! - [4/6] **relay ceiling** ([`relay`]): a plain lapin consumer at the
+//!   normalizer's prefetch draining a preloaded backlog of raw envelopes,
+//!   publishing one canonical-sized message per delivery with a confirm and
+//!   acking after it.
+//! - [5/6] **normalizer service** ([`normalizer`]): the real release binary
+//!   draining the same backlog, preloaded before it starts.
+//!
+//! Part `normalize` (`--only normalize`):
+//!
+//! - [6/6] **pure normalization cost** ([`cost`]): `handoff_normalize`
+//!   in-process on the seed body and a messy variant, µs per event.
+//!
+//! It prints events/s, p50/p99 latency and each service's ratio to its
+//! ceiling with the target beside it, then the CPU every process burned
+//! ([`procs`]), the services' peak memory, the queue checks and the
+//! normalization cost. It never fails on a figure; it exits non-zero when
+//! something is actually wrong: a service does not start, a request or
+//! publish is refused, or a queue does not hold exactly what was
+//! acknowledged (ingest's stage queue; both writer queues after the
+//! normalizer, with nothing dead-lettered).
 //!
 //! Run it with `make bench`, or after `cargo build --release --bins`:
-//! `cargo run --release -p handoff-bench -- --events 5000 --concurrency 32`
+//! `cargo run --release -p handoff-bench -- --events 5000 --concurrency 32`,
+//! or only one part while iterating on it: `… -- --only normalizer,normalize`
 //! (`--help` lists the flags and their `HANDOFF_BENCH_*` variables). It needs
 //! the local RabbitMQ and Redis (`HANDOFF_TEST_AMQP_URL` / `HANDOFF_TEST_REDIS_URL`
 //! point elsewhere) and leaves nothing behind in either, Ctrl-C included.
@@ -26,13 +47,18 @@
 #![allow(clippy::print_stdout)] // Printing the report is this binary's job.
 
 mod ceiling;
+mod cost;
 mod ingest;
 mod load;
 mod measure;
+mod normalizer;
 mod options;
 mod payload;
 mod procs;
+mod queues;
+mod relay;
 mod report;
+mod service;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -41,17 +67,25 @@ use anyhow::Context as _;
 use handoff_bus::{Bus, BusConfig, Topology};
 use tokio_util::sync::CancellationToken;
 
+use crate::ceiling::Ceiling;
+use crate::cost::Cost;
 use crate::ingest::Ingest;
 use crate::load::{Endpoint, Job, Plan};
 use crate::measure::Measured;
+use crate::normalizer::NormalizerRun;
 use crate::options::{Options, USAGE};
 use crate::procs::Watched;
+use crate::relay::Relay;
 use crate::report::{Row, thousands};
 
 /// The share of the ceiling the single endpoint should reach.
 const SINGLE_TARGET: f64 = 0.25;
 /// The share of the ceiling the batch endpoint should reach.
 const BATCH_TARGET: f64 = 0.60;
+/// The share of the relay ceiling the normalizer should reach.
+const NORMALIZER_TARGET: f64 = 0.60;
+/// The pure normalization cost per event should stay below this many µs.
+const NORMALIZE_TARGET_US: f64 = 20.0;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -71,7 +105,7 @@ async fn main() -> ExitCode {
     let on_signal = interrupted.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nhandoff-bench: interrupted; stopping ingest and cleaning up…");
+            eprintln!("\nhandoff-bench: interrupted; stopping the services and cleaning up…");
             on_signal.cancel();
         }
     });
@@ -90,7 +124,8 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Runs every scenario and prints the report; returns the problems that make the run invalid.
+/// Runs the chosen scenarios and prints the report; returns the problems that make the run
+/// invalid.
 async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<Vec<String>> {
     let started = Instant::now();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -99,25 +134,80 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
     let mut watched = Watched::local_servers();
     let mut problems = Vec::new();
 
-    println!(
-        "handoff-bench: {} events per scenario (at most {} s each), concurrency {}, \
-         batches of {} at concurrency {}, {} warm-up requests",
-        thousands(opts.events as u64),
-        opts.max_duration.as_secs(),
-        opts.concurrency,
-        opts.batch_size,
-        opts.batch_concurrency,
-        thousands(opts.warmup as u64),
-    );
-    println!(
-        "machine: {cores} cores, shared by ingest, RabbitMQ, Redis and this load generator; \
-         RabbitMQ {} and Redis {} watched for CPU",
-        found(&watched.broker),
-        found(&watched.redis),
-    );
+    let parts = opts.only;
+    if parts.ingest || parts.normalizer {
+        println!(
+            "handoff-bench: {} events per scenario (at most {} s each), concurrency {}, \
+             batches of {} at concurrency {}, {} warm-up requests",
+            thousands(opts.events as u64),
+            opts.max_duration.as_secs(),
+            opts.concurrency,
+            opts.batch_size,
+            opts.batch_concurrency,
+            thousands(opts.warmup as u64),
+        );
+        println!(
+            "machine: {cores} cores, shared by the service under test, RabbitMQ, Redis and this \
+             bench process; RabbitMQ {} and Redis {} watched for CPU",
+            found(&watched.broker),
+            found(&watched.redis),
+        );
+    } else {
+        println!("handoff-bench: machine with {cores} cores");
+    }
 
-    println!("\n[1/3] bare broker: lapin publisher with confirms, no ingest…");
-    let ceiling = ceiling::run(opts, &run_id, &watched, interrupted).await?;
+    let ingest = if parts.ingest {
+        Some(ingest_part(opts, &run_id, &mut watched, interrupted, &mut problems).await?)
+    } else {
+        None
+    };
+    let normalizer = if parts.normalizer {
+        Some(normalizer_part(opts, &run_id, &mut watched, interrupted, &mut problems).await?)
+    } else {
+        None
+    };
+    let costs = if parts.normalize {
+        println!(
+            "\n[6/6] pure normalization cost: handoff_normalize in-process, {} calls per body \
+             after warm-up…",
+            thousands(opts.iterations as u64)
+        );
+        Some(cost::run(opts.iterations, interrupted).await?)
+    } else {
+        None
+    };
+
+    print_report(
+        opts,
+        cores,
+        ingest.as_ref(),
+        normalizer.as_ref(),
+        costs.as_deref(),
+    );
+    println!(
+        "cleanup: services stopped with SIGTERM, namespaces bench-{run_id}[-broker|-relay|-normalizer] \
+         torn down, their Redis keys deleted; whole run {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(problems)
+}
+
+/// What the ingest part measured.
+struct IngestPart {
+    ceiling: Ceiling,
+    runs: IngestRuns,
+}
+
+/// [1/6]–[3/6]: the bare-broker ceiling, then ingest's single and batch endpoints.
+async fn ingest_part(
+    opts: &Options,
+    run_id: &str,
+    watched: &mut Watched,
+    interrupted: &CancellationToken,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<IngestPart> {
+    println!("\n[1/6] bare broker: lapin publisher with confirms, no ingest…");
+    let ceiling = ceiling::run(opts, run_id, watched, interrupted).await?;
     println!(
         "      {} msg/s over {} confirm channels; envelope {} bytes; queue holds {} of {} \
          confirmed publishes",
@@ -127,7 +217,7 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
         thousands(u64::from(ceiling.queued)),
         thousands(ceiling.confirmed),
     );
-    check_failures("bare broker", &ceiling.measured, &mut problems);
+    check_failures("bare broker", &ceiling.measured, problems);
     if u64::from(ceiling.queued) != ceiling.confirmed {
         problems.push(format!(
             "bare broker: the queue holds {} messages but {} publishes were confirmed",
@@ -137,7 +227,7 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
 
     let namespace = format!("bench-{run_id}");
     println!(
-        "\n[2/3] starting {} (namespace {namespace})…",
+        "\n[2/6] starting {} (namespace {namespace})…",
         opts.ingest_bin.display()
     );
     let mut ingest = Ingest::spawn(&opts.ingest_bin, &namespace)?;
@@ -151,10 +241,11 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
         Topology::v1(&namespace),
         bus_stop.clone(),
     );
-    let outcome = ingest_scenarios(opts, &run_id, &mut ingest, &bus, &watched, interrupted).await;
+    let outcome = ingest_scenarios(opts, run_id, &mut ingest, &bus, watched, interrupted).await;
 
     // Clean up whatever happened above.
     let stopped = ingest.stop(Duration::from_secs(15)).await;
+    watched.ingest = None;
     if let Err(err) = bus.teardown().await {
         eprintln!("handoff-bench: could not remove namespace {namespace}: {err}");
     }
@@ -168,52 +259,182 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
         Err(err) => problems.push(format!("stopping ingest: {err:#}")),
     }
     problems.extend(runs.problems.iter().cloned());
+    Ok(IngestPart { ceiling, runs })
+}
 
-    let rows = [
-        Row {
+/// What the normalizer part measured.
+struct NormalizerPart {
+    relay: Relay,
+    service: NormalizerRun,
+}
+
+/// [4/6] and [5/6]: the relay ceiling, then the normalizer service on the same backlog.
+async fn normalizer_part(
+    opts: &Options,
+    run_id: &str,
+    watched: &mut Watched,
+    interrupted: &CancellationToken,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<NormalizerPart> {
+    let prefetch = BusConfig::default().prefetch;
+    println!(
+        "\n[4/6] relay ceiling: lapin consumer (prefetch {prefetch}) → publish with confirm → ack, \
+         no normalizer; draining {} preloaded raw envelopes…",
+        thousands(opts.events as u64)
+    );
+    let relay = relay::run(opts, run_id, watched, interrupted).await?;
+    println!(
+        "      {} msg/s; raw envelope {} bytes in, canonical {} bytes out; preload took {:.1} s \
+         (not measured)",
+        thousands(relay.measured.events_per_second().round() as u64),
+        relay.input_bytes,
+        relay.output_bytes,
+        relay.preload.as_secs_f64(),
+    );
+    check_failures("relay ceiling", &relay.measured, problems);
+    let (relay_check, problem) = relay.counts.check("relay ceiling", relay.expected);
+    println!("      queues: {relay_check}");
+    problems.extend(problem);
+
+    println!(
+        "\n[5/6] normalizer service: {} raw envelopes preloaded into its queue, then the release \
+         binary drains them…",
+        thousands(opts.events as u64)
+    );
+    let service = normalizer::run(opts, run_id, watched, interrupted).await?;
+    println!(
+        "      {} msg/s{}; outcomes: {}",
+        thousands(service.measured.events_per_second().round() as u64),
+        if service.drained_in_window {
+            String::new()
+        } else {
+            format!(
+                " (the window closed after {} s before the backlog was through)",
+                opts.max_duration.as_secs()
+            )
+        },
+        service.outcomes,
+    );
+    problems.extend(service.problems.iter().cloned());
+    Ok(NormalizerPart { relay, service })
+}
+
+/// Prints the tables and notes of every part that ran.
+fn print_report(
+    opts: &Options,
+    cores: usize,
+    ingest: Option<&IngestPart>,
+    normalizer: Option<&NormalizerPart>,
+    costs: Option<&[Cost]>,
+) {
+    println!("\n{}", "=".repeat(100));
+    let mut rows = Vec::new();
+    if let Some(part) = ingest {
+        let ceiling = Some(part.ceiling.measured.events_per_second());
+        rows.push(Row {
             scenario: "bare broker (lapin)".to_owned(),
-            measured: &ceiling.measured,
+            measured: &part.ceiling.measured,
+            ceiling,
             target: None,
             latency_of: "publish→confirm",
-        },
-        Row {
+            estimated: None,
+        });
+        rows.push(Row {
             scenario: "ingest single".to_owned(),
-            measured: &runs.single,
+            measured: &part.runs.single,
+            ceiling,
             target: Some(SINGLE_TARGET),
             latency_of: "request",
-        },
-        Row {
+            estimated: None,
+        });
+        rows.push(Row {
             scenario: format!("ingest batch ×{}", opts.batch_size),
-            measured: &runs.batch,
+            measured: &part.runs.batch,
+            ceiling,
             target: Some(BATCH_TARGET),
             latency_of: "batch request",
-        },
-    ];
-    println!("\n{}", "=".repeat(100));
-    print!(
-        "{}",
-        report::tables(&rows, ceiling.measured.events_per_second(), cores)
-    );
-    println!(
-        "\ningest peak RSS (VmHWM): {}",
-        runs.peak_rss_kib
-            .map_or("unknown".to_owned(), |kib| format!(
-                "{:.1} MiB",
-                kib as f64 / 1024.0
-            ))
-    );
-    println!("queue check: {}", runs.queue_check);
-    println!(
-        "envelope: {} bytes on the wire for both the ceiling and ingest; ceiling latency is \
-         publish→confirm, ingest latency is request→response (including the confirm)",
-        ceiling.envelope_bytes
-    );
-    println!(
-        "cleanup: ingest stopped with SIGTERM, namespaces bench-{run_id}[-broker] torn down, \
-         Redis keys under {namespace}: deleted; whole run {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(problems)
+            estimated: None,
+        });
+    }
+    if let Some(part) = normalizer {
+        let ceiling = Some(part.relay.measured.events_per_second());
+        rows.push(Row {
+            scenario: "relay (lapin)".to_owned(),
+            measured: &part.relay.measured,
+            ceiling,
+            target: None,
+            latency_of: "delivery→ack",
+            estimated: None,
+        });
+        rows.push(Row {
+            scenario: "normalizer service".to_owned(),
+            measured: &part.service.measured,
+            ceiling,
+            target: Some(NORMALIZER_TARGET),
+            latency_of: "publish→confirm (hist)",
+            estimated: part.service.publish_latency,
+        });
+    }
+    if !rows.is_empty() {
+        print!("{}", report::tables(&rows, cores));
+    }
+    let rss = |kib: Option<u64>| {
+        kib.map_or("unknown".to_owned(), |kib| {
+            format!("{:.1} MiB", kib as f64 / 1024.0)
+        })
+    };
+    if let Some(part) = ingest {
+        println!("\ningest peak RSS (VmHWM): {}", rss(part.runs.peak_rss_kib));
+        println!("ingest queue check: {}", part.runs.queue_check);
+        println!(
+            "ingest envelope: {} bytes on the wire for both the ceiling and ingest; ceiling \
+             latency is publish→confirm, ingest latency is request→response (including the \
+             confirm)",
+            part.ceiling.envelope_bytes
+        );
+    }
+    if let Some(part) = normalizer {
+        let (relay_check, _) = part
+            .relay
+            .counts
+            .check("relay ceiling", part.relay.expected);
+        let service = &part.service;
+        println!(
+            "\nnormalizer peak RSS (VmHWM): {}",
+            rss(service.peak_rss_kib)
+        );
+        println!("relay queue check: {relay_check}");
+        println!("normalizer queue check: {}", service.queue_check);
+        println!(
+            "normalizer envelopes: {} bytes raw in for both; canonical out {} bytes (the relay \
+             publishes the canonical envelope the normalizer makes of the seed); both drain a \
+             backlog of {} preloaded before they start (preload {:.1} s and {:.1} s, not \
+             measured)",
+            service.input_bytes,
+            part.relay.output_bytes,
+            thousands(service.expected),
+            part.relay.preload.as_secs_f64(),
+            service.preload.as_secs_f64(),
+        );
+        println!(
+            "normalizer latency: relay = each delivery→ack; service ≈ p50/p99 of its canonical \
+             publish→confirm from its handoff_bus_publish_seconds histogram (interpolated within \
+             buckets); time in handoff_normalize per message in the service: {}",
+            service
+                .normalize_mean
+                .map_or("unknown".to_owned(), |d| format!(
+                    "{:.1} µs mean",
+                    d.as_secs_f64() * 1e6
+                ))
+        );
+    }
+    if let Some(costs) = costs {
+        println!(
+            "\npure normalization cost (handoff_normalize, default config, customer.converted v1, \
+             one core):"
+        );
+        print!("{}", report::cost_table(costs, NORMALIZE_TARGET_US));
+    }
 }
 
 /// What the ingest scenarios produced.
@@ -331,7 +552,7 @@ async fn ingest_scenarios(
     }
 
     println!(
-        "\n[3/3] {} concurrent batch requests of {} events → POST {batch_url}…",
+        "\n[3/6] {} concurrent batch requests of {} events → POST {batch_url}…",
         opts.batch_concurrency, opts.batch_size
     );
     let jobs = batch_jobs(run_id, 'b', opts.events, opts.batch_size);

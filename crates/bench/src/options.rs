@@ -3,6 +3,7 @@
 //! Every option is a flag (`--events 20000` or `--events=20000`) with an
 //! environment fallback (`HANDOFF_BENCH_EVENTS`), so `make bench` can be tuned
 //! without editing the Makefile. Flags win over the environment.
+//! `--only` picks which part runs, so a developer can iterate on one service.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,18 +12,77 @@ use anyhow::{Context as _, bail};
 
 /// The usage text printed by `--help` and after a bad flag.
 pub const USAGE: &str = "\
-usage: handoff-bench [--events N] [--concurrency C] [--batch-size B]
+usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size B]
                      [--batch-concurrency K] [--warmup W] [--max-seconds S]
-                     [--ingest-bin PATH]
+                     [--iterations I] [--ingest-bin PATH] [--normalizer-bin PATH]
 
-  --events N             events per scenario (default 20000; env HANDOFF_BENCH_EVENTS)
+  --only PARTS           comma-separated parts to run (default all; HANDOFF_BENCH_ONLY):
+                           ingest      [1-3/6] bare broker, ingest single, ingest batch
+                           normalizer  [4-5/6] relay ceiling, normalizer service
+                           normalize   [6/6]   pure normalization cost, in-process
+  --events N             events per scenario; for the relay and the normalizer, the backlog
+                         each drains (default 20000; env HANDOFF_BENCH_EVENTS)
   --concurrency C        in-flight publishes / HTTP requests (default 64; HANDOFF_BENCH_CONCURRENCY)
   --batch-size B         events per batch request, 1..=500 (default 100; HANDOFF_BENCH_BATCH_SIZE)
   --batch-concurrency K  batch requests in flight (default max(C/16, 2); HANDOFF_BENCH_BATCH_CONCURRENCY)
   --warmup W             single requests sent before measuring (default 1000; HANDOFF_BENCH_WARMUP)
-  --max-seconds S        a scenario stops sending after S seconds (default 15; HANDOFF_BENCH_MAX_SECONDS)
+  --max-seconds S        a scenario stops sending (measuring a drain) after S seconds
+                         (default 15; HANDOFF_BENCH_MAX_SECONDS)
+  --iterations I         timed normalize calls per body in [6/6] (default 200000;
+                         HANDOFF_BENCH_ITERATIONS)
   --ingest-bin PATH      the ingest binary (default: handoff-ingest beside this binary;
-                         HANDOFF_INGEST_BIN)";
+                         HANDOFF_INGEST_BIN)
+  --normalizer-bin PATH  the normalizer binary (default: handoff-normalizer beside this
+                         binary; HANDOFF_NORMALIZER_BIN)";
+
+/// The parts of the bench `--only` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    /// Bare broker, ingest single, ingest batch.
+    pub ingest: bool,
+    /// Relay ceiling and normalizer service.
+    pub normalizer: bool,
+    /// Pure normalization cost.
+    pub normalize: bool,
+}
+
+impl Parts {
+    const ALL: Parts = Parts {
+        ingest: true,
+        normalizer: true,
+        normalize: true,
+    };
+
+    fn parse(list: &str) -> anyhow::Result<Parts> {
+        let mut parts = Parts {
+            ingest: false,
+            normalizer: false,
+            normalize: false,
+        };
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "ingest" => parts.ingest = true,
+                "normalizer" => parts.normalizer = true,
+                "normalize" => parts.normalize = true,
+                "all" => parts = Parts::ALL,
+                other => bail!(
+                    "--only takes ingest, normalizer, normalize or all (comma-separated), \
+                     not {other:?}"
+                ),
+            }
+        }
+        if parts
+            == (Parts {
+                ingest: false,
+                normalizer: false,
+                normalize: false,
+            })
+        {
+            bail!("--only needs at least one part");
+        }
+        Ok(parts)
+    }
+}
 
 /// What one run of the bench does.
 #[derive(Debug, Clone)]
@@ -40,8 +100,14 @@ pub struct Options {
     pub warmup: usize,
     /// A scenario stops handing out work after this long, so a slow box still ends in time.
     pub max_duration: Duration,
+    /// Timed `normalize` calls per body in the pure normalization cost.
+    pub iterations: usize,
+    /// Which parts run.
+    pub only: Parts,
     /// Path of the `handoff-ingest` binary.
     pub ingest_bin: PathBuf,
+    /// Path of the `handoff-normalizer` binary.
+    pub normalizer_bin: PathBuf,
 }
 
 /// Largest batch ingest accepts by default (`http.batch_max_events`).
@@ -59,7 +125,10 @@ impl Options {
         let mut batch_concurrency = env("HANDOFF_BENCH_BATCH_CONCURRENCY");
         let mut warmup = env("HANDOFF_BENCH_WARMUP");
         let mut max_seconds = env("HANDOFF_BENCH_MAX_SECONDS");
+        let mut iterations = env("HANDOFF_BENCH_ITERATIONS");
+        let mut only = env("HANDOFF_BENCH_ONLY");
         let mut ingest_bin = env("HANDOFF_INGEST_BIN");
+        let mut normalizer_bin = env("HANDOFF_NORMALIZER_BIN");
 
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -77,7 +146,10 @@ impl Options {
                 "--batch-concurrency" => &mut batch_concurrency,
                 "--warmup" => &mut warmup,
                 "--max-seconds" => &mut max_seconds,
+                "--iterations" => &mut iterations,
+                "--only" => &mut only,
                 "--ingest-bin" => &mut ingest_bin,
+                "--normalizer-bin" => &mut normalizer_bin,
                 _ => bail!("unknown argument {arg:?}"),
             };
             let value = match inline {
@@ -99,17 +171,32 @@ impl Options {
         )?;
         let warmup = number("--warmup", warmup, 1_000)?;
         let max_seconds = number("--max-seconds", max_seconds, 15)?;
-        if events == 0 || concurrency == 0 || batch_concurrency == 0 || max_seconds == 0 {
+        let iterations = number("--iterations", iterations, 200_000)?;
+        if events == 0
+            || concurrency == 0
+            || batch_concurrency == 0
+            || max_seconds == 0
+            || iterations == 0
+        {
             bail!(
-                "--events, --concurrency, --batch-concurrency and --max-seconds must be positive"
+                "--events, --concurrency, --batch-concurrency, --max-seconds and --iterations \
+                 must be positive"
             );
         }
+        let only = match only {
+            Some(list) => Parts::parse(&list)?,
+            None => Parts::ALL,
+        };
         if !(1..=MAX_BATCH).contains(&batch_size) {
             bail!("--batch-size must be 1 to {MAX_BATCH}, not {batch_size}");
         }
         let ingest_bin = match ingest_bin {
             Some(path) => PathBuf::from(path),
-            None => default_ingest_bin()?,
+            None => beside_this_binary("handoff-ingest")?,
+        };
+        let normalizer_bin = match normalizer_bin {
+            Some(path) => PathBuf::from(path),
+            None => beside_this_binary("handoff-normalizer")?,
         };
         Ok(Some(Options {
             events,
@@ -118,7 +205,10 @@ impl Options {
             batch_concurrency,
             warmup,
             max_duration: Duration::from_secs(max_seconds as u64),
+            iterations,
+            only,
             ingest_bin,
+            normalizer_bin,
         }))
     }
 }
@@ -133,14 +223,15 @@ fn number(flag: &str, value: Option<String>, default: usize) -> anyhow::Result<u
     }
 }
 
-/// `handoff-ingest` in the directory of this binary: `cargo run --release -p handoff-bench`
-/// runs `target/release/handoff-bench`, and `cargo build --release --bins` puts ingest beside it.
-fn default_ingest_bin() -> anyhow::Result<PathBuf> {
+/// A service binary in the directory of this one: `cargo run --release -p handoff-bench`
+/// runs `target/release/handoff-bench`, and `cargo build --release --bins` puts the
+/// services beside it.
+fn beside_this_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the handoff-bench binary")?;
     let dir = exe
         .parent()
         .context("the handoff-bench binary has no parent directory")?;
-    Ok(dir.join(format!("handoff-ingest{}", std::env::consts::EXE_SUFFIX)))
+    Ok(dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
 }
 
 #[cfg(test)]
@@ -148,7 +239,12 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Options {
-        let mut all = vec!["--ingest-bin", "/x/handoff-ingest"];
+        let mut all = vec![
+            "--ingest-bin",
+            "/x/handoff-ingest",
+            "--normalizer-bin",
+            "/x/handoff-normalizer",
+        ];
         all.extend_from_slice(args);
         Options::parse(all.into_iter().map(str::to_owned))
             .expect("parses")
@@ -161,6 +257,22 @@ mod tests {
         assert_eq!((o.events, o.concurrency, o.batch_size), (500, 32, 50));
         assert_eq!(o.batch_concurrency, 2, "max(32/16, 2)");
         assert_eq!(o.ingest_bin, PathBuf::from("/x/handoff-ingest"));
+        assert_eq!(o.only, Parts::ALL);
+    }
+
+    #[test]
+    fn only_picks_parts() {
+        let o = parse(&["--only", "normalizer,normalize"]);
+        assert_eq!(
+            o.only,
+            Parts {
+                ingest: false,
+                normalizer: true,
+                normalize: true
+            }
+        );
+        assert!(parse(&["--only=ingest"]).only.ingest);
+        assert_eq!(parse(&["--only=all"]).only, Parts::ALL);
     }
 
     #[test]
@@ -171,6 +283,9 @@ mod tests {
         assert!(bad(&["--batch-size", "501"]));
         assert!(bad(&["--concurrency", "0"]));
         assert!(bad(&["--frobnicate"]));
+        assert!(bad(&["--only", "everything"]));
+        assert!(bad(&["--only", ","]));
+        assert!(bad(&["--iterations", "0"]));
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! What the bench sends: the seed `customer.converted` event with a unique
-//! `event_id`, as a single body, as batch bodies, and wrapped in the same
-//! protobuf [`Envelope`] ingest publishes (for the bare-broker ceiling).
+//! `event_id`, as a single body, as batch bodies, wrapped in the same
+//! protobuf [`Envelope`] ingest publishes (for the bare-broker ceiling and
+//! the normalizer's input), and the canonical envelope the normalizer makes
+//! of it (for the relay ceiling's output); plus a messy variant of the seed
+//! for the pure normalization cost.
 
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context as _;
 use handoff_events::v1::{Envelope, RawPayload, envelope::Payload};
 use handoff_events::{CURRENT_SCHEMA_VERSION, EventType, Message, Timestamp};
+use handoff_normalize::{NormalizeConfig, Normalizer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -68,6 +73,54 @@ pub fn envelope(event_id: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// The canonical envelope the normalizer publishes for the seed event with `event_id`,
+/// encoded: normalized in-process with the default config and put in the raw envelope's
+/// place the way the service's handler does, so the relay ceiling publishes messages of
+/// exactly the service's output size.
+pub fn canonical_envelope(event_id: &str) -> anyhow::Result<Vec<u8>> {
+    let raw = Envelope::decode(envelope(event_id).as_slice()).context("decoding our envelope")?;
+    let body = single_body(event_id);
+    let normalizer =
+        Normalizer::new(&NormalizeConfig::default()).context("compiling the default config")?;
+    let normalized = normalizer
+        .normalize(EVENT_TYPE, CURRENT_SCHEMA_VERSION, &body)
+        .map_err(|rejection| anyhow::anyhow!("the seed event was rejected: {rejection}"))?;
+    Ok(Envelope {
+        schema_version: CURRENT_SCHEMA_VERSION,
+        payload: Some(Payload::Canonical(normalized.payload)),
+        ..raw
+    }
+    .encode_to_vec())
+}
+
+/// The seed event as a careless publisher sends it: padded, mixed-case email, a national
+/// phone number, a country name, a Windows time zone, an enum in other words, and the UTM
+/// parameters only inside a landing URL (the normalizer's `a_messy_event_comes_out_clean`).
+pub fn messy_body(event_id: &str) -> Vec<u8> {
+    json!({
+        "event_id": event_id,
+        "occurred_at": "2026-03-19T11:15:22+01:00",
+        "source": "crm",
+        "customer": {
+            "email": "  Alex@Example.COM ",
+            "first_name": "  Alex ",
+            "last_name": "Kim\u{7}",
+            "phone": "(415) 555-0100",
+            "country": "United States of America",
+            "timezone": "Pacific Standard Time",
+            "lifecycle_stage": " Paying Customer ",
+            "plan": "PRO",
+            "company": "Example   Co",
+            "company_domain": "https://www.Example.com/about"
+        },
+        "context": {
+            "landing_url": "https://example.com/pricing?utm_source=Webinar&utm_medium=%20Email%20&utm_campaign=onboarding&gclid=abc123"
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// Event ids of one scenario: `evt_<run>_<tag><index>`, all the same length so every
 /// scenario moves messages of the same size.
 pub fn event_id(run: &str, tag: char, index: usize) -> String {
@@ -87,6 +140,23 @@ mod tests {
         };
         assert_eq!(raw.body, single_body("evt_x_c00000001"));
         assert_eq!(decoded.event_type, "customer.converted");
+    }
+
+    #[test]
+    fn the_canonical_envelope_keeps_the_identity_and_normalizes() {
+        let bytes = canonical_envelope("evt_x_c00000001").expect("normalizes");
+        let decoded = Envelope::decode(bytes.as_slice()).expect("decodes");
+        assert_eq!(decoded.event_id, "evt_x_c00000001");
+        assert!(matches!(decoded.payload, Some(Payload::Canonical(_))));
+    }
+
+    #[test]
+    fn the_messy_variant_normalizes_without_notes() {
+        let normalizer = Normalizer::new(&NormalizeConfig::default()).expect("config");
+        let normalized = normalizer
+            .normalize(EVENT_TYPE, CURRENT_SCHEMA_VERSION, &messy_body("evt_m"))
+            .expect("accepted");
+        assert!(normalized.notes.is_empty(), "{:?}", normalized.notes);
     }
 
     #[test]

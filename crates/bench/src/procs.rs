@@ -1,5 +1,5 @@
-//! Where the CPU goes: CPU seconds of ingest, RabbitMQ, Redis and the bench
-//! itself read from `/proc`, and ingest's peak resident memory.
+//! Where the CPU goes: CPU seconds of ingest, the normalizer, RabbitMQ, Redis
+//! and the bench itself read from `/proc`, and a service's peak resident memory.
 //!
 //! Every process in a run shares the same cores, so a scenario's figures only
 //! make sense next to what each of them burned meanwhile. Linux only; on other
@@ -17,6 +17,8 @@ const TICKS_PER_SECOND: f64 = 100.0;
 pub struct Watched {
     /// The ingest child, when one is running.
     pub ingest: Option<u32>,
+    /// The normalizer child, when one is running.
+    pub normalizer: Option<u32>,
     /// Every `beam.smp` (the RabbitMQ node), when the broker runs on this machine.
     pub broker: Vec<u32>,
     /// Every `redis-server`, when Redis runs on this machine.
@@ -24,10 +26,11 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// Finds the local broker and Redis processes; ingest is set by the caller.
+    /// Finds the local broker and Redis processes; the services are set by the caller.
     pub fn local_servers() -> Watched {
         Watched {
             ingest: None,
+            normalizer: None,
             broker: pids_named("beam.smp"),
             redis: pids_named("redis-server"),
         }
@@ -38,6 +41,7 @@ impl Watched {
         Sample {
             at: Instant::now(),
             ingest: self.ingest.and_then(cpu_seconds),
+            normalizer: self.normalizer.and_then(cpu_seconds),
             broker: sum(&self.broker),
             redis: sum(&self.redis),
             bench: cpu_seconds_of("self"),
@@ -51,6 +55,7 @@ impl Watched {
 pub struct Sample {
     at: Instant,
     ingest: Option<f64>,
+    normalizer: Option<f64>,
     broker: Option<f64>,
     redis: Option<f64>,
     bench: Option<f64>,
@@ -64,6 +69,7 @@ impl Sample {
         CpuUse {
             wall: later.at.duration_since(self.at),
             ingest: delta(self.ingest, later.ingest),
+            normalizer: delta(self.normalizer, later.normalizer),
             broker: delta(self.broker, later.broker),
             redis: delta(self.redis, later.redis),
             bench: delta(self.bench, later.bench),
@@ -77,6 +83,7 @@ impl Sample {
 pub struct CpuUse {
     pub wall: Duration,
     pub ingest: Option<f64>,
+    pub normalizer: Option<f64>,
     pub broker: Option<f64>,
     pub redis: Option<f64>,
     pub bench: Option<f64>,
@@ -85,10 +92,18 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
+    /// CPU seconds of the services under test (ingest and the normalizer), if any ran.
+    pub fn service(&self) -> Option<f64> {
+        match (self.ingest, self.normalizer) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        }
+    }
+
     /// Busy CPU seconds not accounted for by the watched processes: other work on the box
     /// (a build, another test) competing with the scenario.
     pub fn other(&self) -> Option<f64> {
-        let watched = self.ingest.unwrap_or(0.0)
+        let watched = self.service().unwrap_or(0.0)
             + self.broker.unwrap_or(0.0)
             + self.redis.unwrap_or(0.0)
             + self.bench.unwrap_or(0.0);

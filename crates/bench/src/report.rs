@@ -1,58 +1,77 @@
-//! The printed report: the throughput table with each scenario's ratio to the
-//! bare-broker ceiling and its target, and the CPU table that says where the
-//! two cores went.
+//! The printed report: the throughput table with each scenario's ratio to
+//! its bare-broker ceiling and its target, the CPU table that says where the
+//! cores went, and the table of the pure normalization cost.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::cost::Cost;
 use crate::measure::Measured;
 
 /// One row of the report.
 pub struct Row<'a> {
     pub scenario: String,
     pub measured: &'a Measured,
+    /// Events/s of the ceiling this row is compared to (its own rate for a ceiling row);
+    /// `None` when that ceiling was not measured in this run.
+    pub ceiling: Option<f64>,
     /// The share of the ceiling this scenario should reach, if it has a target.
     pub target: Option<f64>,
     /// What one latency sample is ("publish→confirm", "request", "batch request").
     pub latency_of: &'static str,
+    /// p50 and p99 estimated elsewhere (a service's Prometheus histogram) when the bench
+    /// cannot time each message itself; shown with `≈`.
+    pub estimated: Option<(Duration, Duration)>,
 }
 
-/// Renders both tables. `ceiling` is the events/s every ratio is taken against.
-pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
+/// Renders the throughput and CPU tables.
+pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
     let mut out = String::new();
     let width = rows
         .iter()
-        .map(|r| r.scenario.len())
+        .map(|r| r.scenario.chars().count())
         .max()
         .unwrap_or(8)
         .max(8);
     let _ = writeln!(
         out,
-        "{:<width$}  {:>5}  {:>7}  {:>9}  {:>7}  {:>7}  {:<16}  vs ceiling",
+        "{:<width$}  {:>5}  {:>7}  {:>9}  {:>8}  {:>8}  {:<22}  vs ceiling",
         "scenario", "conc", "events", "events/s", "p50 ms", "p99 ms", "latency of"
     );
     for row in rows {
         let m = row.measured;
         let rate = m.events_per_second();
-        let ratio = if ceiling > 0.0 { rate / ceiling } else { 0.0 };
-        let versus = match row.target {
-            None => format!("{:.0}%", ratio * 100.0),
-            Some(target) => format!(
-                "{:.0}%  (target ≥ {:.0}%: {})",
-                ratio * 100.0,
-                target * 100.0,
-                if ratio >= target { "met" } else { "NOT met" }
+        let versus = match row.ceiling.filter(|c| *c > 0.0) {
+            None => "- (its ceiling was not measured)".to_owned(),
+            Some(ceiling) => {
+                let ratio = rate / ceiling;
+                match row.target {
+                    None => format!("{:.0}%", ratio * 100.0),
+                    Some(target) => format!(
+                        "{:.0}%  (target ≥ {:.0}%: {})",
+                        ratio * 100.0,
+                        target * 100.0,
+                        if ratio >= target { "met" } else { "NOT met" }
+                    ),
+                }
+            }
+        };
+        let (p50, p99) = match row.estimated {
+            Some((p50, p99)) => (format!("≈{}", millis(p50)), format!("≈{}", millis(p99))),
+            None => (
+                millis(m.latencies.percentile(50.0)),
+                millis(m.latencies.percentile(99.0)),
             ),
         };
         let _ = writeln!(
             out,
-            "{:<width$}  {:>5}  {:>7}  {:>9}  {:>7}  {:>7}  {:<16}  {versus}",
+            "{:<width$}  {:>5}  {:>7}  {:>9}  {:>8}  {:>8}  {:<22}  {versus}",
             row.scenario,
             m.concurrency,
             thousands(m.events),
             thousands(rate.round() as u64),
-            millis(m.latencies.percentile(50.0)),
-            millis(m.latencies.percentile(99.0)),
+            p50,
+            p99,
             row.latency_of,
         );
     }
@@ -60,20 +79,21 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
     let _ = writeln!(
         out,
         "\nCPU seconds used during each measured window ({cores} cores = {cores} CPU-s per wall second, \
-         shared by ingest, RabbitMQ, Redis and this load generator):"
+         shared by the service, RabbitMQ, Redis and this bench process):"
     );
     let _ = writeln!(
         out,
-        "{:<width$}  {:>6}  {:>6}  {:>12}  {:>12}  {:>8}  {:>5}  {:>8}  {:>14}  {:>5}  {:>9}",
+        "{:<width$}  {:>6}  {:>6}  {:>10}  {:>11}  {:>11}  {:>8}  {:>5}  {:>6}  {:>14}  {:>5}  {:>8}",
         "scenario",
         "wall s",
         "ingest",
-        "ingest/1k ev",
+        "normalizer",
+        "service/1k",
         "all 4/1k ev",
         "rabbitmq",
         "redis",
-        "load gen",
-        "load gen share",
+        "bench",
+        "bench share",
         "other",
         "box busy"
     );
@@ -83,10 +103,10 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
         let cpu = &m.cpu;
         let wall = cpu.wall.as_secs_f64();
         let per_1k = cpu
-            .ingest
+            .service()
             .filter(|_| m.events > 0)
             .map(|s| s / (m.events as f64 / 1000.0));
-        let all_per_1k = [cpu.ingest, cpu.broker, cpu.redis, cpu.bench]
+        let all_per_1k = [cpu.service(), cpu.broker, cpu.redis, cpu.bench]
             .iter()
             .flatten()
             .sum::<f64>()
@@ -104,10 +124,11 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
         busy_elsewhere |= cpu.other().is_some_and(|o| o > 0.1 * capacity);
         let _ = writeln!(
             out,
-            "{:<width$}  {:>6.2}  {:>6}  {:>12}  {:>12.3}  {:>8}  {:>5}  {:>8}  {:>14}  {:>5}  {:>9}",
+            "{:<width$}  {:>6.2}  {:>6}  {:>10}  {:>11}  {:>11.3}  {:>8}  {:>5}  {:>6}  {:>14}  {:>5}  {:>8}",
             row.scenario,
             wall,
             seconds(cpu.ingest),
+            seconds(cpu.normalizer),
             per_1k.map_or("-".to_owned(), |s| format!("{s:.3}")),
             all_per_1k,
             seconds(cpu.broker),
@@ -120,16 +141,51 @@ pub fn tables(rows: &[Row<'_>], ceiling: f64, cores: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "(\"…/1k ev\" = CPU-s per 1,000 accepted events: ingest alone, and ingest + RabbitMQ + Redis \
-         + load generator together, the figure least disturbed by other work; \"other\" = busy CPU \
-         of the whole machine not used by those four, kernel included; \"box busy\" = all busy CPU \
-         / capacity)"
+        "(\"…/1k\" = CPU-s per 1,000 events: the service under test alone, and service + RabbitMQ + \
+         Redis + bench together, the figure least disturbed by other work; \"bench\" = this process: \
+         the load generator, the lapin publisher or the relay, or only a queue poller while the \
+         normalizer drains; \"other\" = busy CPU of the whole machine not used by those four, kernel \
+         included; \"box busy\" = all busy CPU / capacity)"
     );
     if busy_elsewhere {
         let _ = writeln!(
             out,
             "WARNING: other work used more than 10% of the machine during a scenario; \
              its figures are low. Re-run on a quiet box for numbers to compare."
+        );
+    }
+    out
+}
+
+/// Renders the pure normalization cost, one line per body, against `target_us`.
+pub fn cost_table(costs: &[Cost], target_us: f64) -> String {
+    let mut out = String::new();
+    let width = costs.iter().map(|c| c.name.len()).max().unwrap_or(4).max(4);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>6}  {:>10}  {:>8}  {:>7}  {:>7}  {:>7}  per event",
+        "body", "bytes", "iterations", "mean µs", "p50 µs", "p99 µs", "ev/s/core"
+    );
+    for c in costs {
+        let mean_us = c.mean.as_secs_f64() * 1e6;
+        let per_core = if mean_us > 0.0 { 1e6 / mean_us } else { 0.0 };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>6}  {:>10}  {:>8.2}  {:>7.2}  {:>7.2}  {:>7}  target < {target_us:.0} µs: {}",
+            c.name,
+            c.bytes,
+            thousands(c.iterations as u64),
+            mean_us,
+            c.p50.as_secs_f64() * 1e6,
+            c.p99.as_secs_f64() * 1e6,
+            thousands(per_core.round() as u64),
+            if mean_us < target_us && c.p99.as_secs_f64() * 1e6 < target_us {
+                "met"
+            } else if mean_us < target_us {
+                "met on the mean, not at p99"
+            } else {
+                "NOT met"
+            }
         );
     }
     out
