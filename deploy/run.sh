@@ -9,13 +9,15 @@ RUN_DIR=.run
 API=http://127.0.0.1:8080
 ADMIN=http://127.0.0.1:9090
 NORMALIZER_ADMIN=http://127.0.0.1:9091
+SANDBOX=http://127.0.0.1:8090
+SANDBOX_ADMIN=http://127.0.0.1:9190
 mkdir -p "$RUN_DIR"
 
 log() { printf '==> %s\n' "$*"; }
 
 log "Building (release)"
 # Only the services: the bench and test tools are not needed to run.
-cargo build --release --quiet -p handoff-ingest -p handoff-normalizer
+cargo build --release --quiet -p handoff-ingest -p handoff-normalizer -p handoff-sandbox
 
 # A development key, made once and kept, so the printed curl line keeps working.
 if [[ ! -s $RUN_DIR/dev-api-key ]]; then
@@ -80,6 +82,9 @@ wait_ready() {
   exit 1
 }
 
+log "Starting the sandbox CRM (HubSpot CRM v3 stand-in; logs: $RUN_DIR/sandbox.log)"
+target/release/handoff-sandbox >>"$RUN_DIR/sandbox.log" 2>&1 &
+pids+=($!)
 log "Starting ingest (logs: $RUN_DIR/ingest.log)"
 HANDOFF_CONFIG=$RUN_DIR/handoff.toml target/release/handoff-ingest >>"$RUN_DIR/ingest.log" 2>&1 &
 pids+=($!)
@@ -88,6 +93,7 @@ HANDOFF_CONFIG=$RUN_DIR/normalizer.toml target/release/handoff-normalizer >>"$RU
 pids+=($!)
 wait_ready ingest "$ADMIN" "$RUN_DIR/ingest.log"
 wait_ready normalizer "$NORMALIZER_ADMIN" "$RUN_DIR/normalizer.log"
+wait_ready sandbox "$SANDBOX_ADMIN" "$RUN_DIR/sandbox.log"
 
 EVENT_ID="evt_demo_$(date +%s)"
 DEMO=$(sed "s/evt_2026_03_19_000123/$EVENT_ID/" deploy/demo-event.json)
@@ -99,6 +105,7 @@ cat <<INFO
     Admin      ingest $ADMIN/metrics  $ADMIN/readyz
                normalizer $NORMALIZER_ADMIN/metrics  $NORMALIZER_ADMIN/readyz
     API key    $KEY   (publisher "dev", development only)
+    Sandbox    $SANDBOX  (HubSpot CRM v3 stand-in, token pat-local-dev; records: $SANDBOX/_sandbox/records/contacts)
 
   Send an event:
     curl -sS -X POST $API/v1/events/customer.converted \\
