@@ -192,6 +192,7 @@ pub async fn run<H: Handler>(
     }
     let queue: Arc<str> = bus.topology().stage_queue(stage).into();
     let stage: Arc<str> = stage.into();
+    let span_name: Arc<str> = format!("{queue} process").into();
     let tag = format!("handoff-{stage}-{:016x}", rand::rng().random::<u64>());
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut channel: Option<Channel> = None;
@@ -240,6 +241,7 @@ pub async fn run<H: Handler>(
                             bus: bus.clone(),
                             stage: stage.clone(),
                             queue: queue.clone(),
+                            span_name: span_name.clone(),
                         };
                         tasks.spawn(process(ctx, handler.clone(), delivery));
                     }
@@ -307,13 +309,15 @@ struct TaskCtx {
     bus: Bus,
     stage: Arc<str>,
     queue: Arc<str>,
+    /// `"{queue} process"`, the consumer span's name, built once rather than per message.
+    span_name: Arc<str>,
 }
 
 async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message::Delivery) {
     let delivery = Delivery::from_lapin(&raw, &ctx.queue);
     let span = tracing::info_span!(
         "consume",
-        otel.name = %format!("{} process", ctx.queue),
+        otel.name = &*ctx.span_name,
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation = "process",

@@ -31,7 +31,6 @@ use serde::{Deserialize, Serialize};
 use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{FilterExt, filter_fn};
-use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -132,13 +131,18 @@ pub fn init(
     let provider = tracer_provider(service, exporter_wanted())?;
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(service))
+        // Busy/idle timing reads the clock on every poll of every instrumented future, and
+        // thread ids and names say nothing in an async service: both cost per message and
+        // tell an SRE nothing that the span's own duration does not.
+        .with_tracked_inactivity(false)
+        .with_threads(false)
         .with_filter(otel_filter)
         .boxed();
 
     let fmt_layer = match cfg.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .event_format(json::JsonLines::default())
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(json::SpanFields::default())
             .with_writer(std::io::stdout)
             .with_filter(log_filter)
             .boxed(),

@@ -7,8 +7,10 @@
 //! that opens `info_span!("ingest", event_id = %id)` gets `event_id` and `trace_id` on every line it
 //! logs, and a log query is a plain `event_id = "..."` filter.
 //!
-//! Span fields are taken from the `FormattedFields` the fmt layer stores on each span; the layer
-//! must therefore use [`tracing_subscriber::fmt::format::JsonFields`] as its field formatter.
+//! Span fields are taken from the `FormattedFields` the fmt layer stores on each span, written by
+//! [`SpanFields`]: a JSON object of the span's fields minus the OpenTelemetry attributes
+//! (`otel.*`, `messaging.*`, `http.*`), which belong to the trace and would otherwise be
+//! formatted for every span of every message, logged or not.
 
 use std::fmt;
 
@@ -116,14 +118,110 @@ fn push_pair(line: &mut String, key: &str, value: &Value) {
     line.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()));
 }
 
-/// Collects an event's fields as JSON values, keeping `message` apart.
+/// Field name prefixes of OpenTelemetry span attributes: they describe the span to the tracing
+/// backend, and log lines get `trace_id` / `span_id` to find them there.
+const TRACE_ONLY_PREFIXES: [&str; 3] = ["otel.", "messaging.", "http."];
+
+/// The fmt layer's field formatter for spans: a JSON object of the fields a log line needs.
+///
+/// Cheap on purpose, since it runs for every span whether or not anything is logged inside it:
+/// trace-only attributes are skipped, and a later `record` appends to the object's text instead
+/// of parsing and rewriting it (the reader keeps the last of duplicate keys).
+#[derive(Debug, Clone, Default)]
+pub struct SpanFields {
+    _private: (),
+}
+
+impl<'writer> FormatFields<'writer> for SpanFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut visitor = JsonVisitor::for_span();
+        fields.record(&mut visitor);
+        write_object(&mut writer, visitor)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> fmt::Result {
+        let mut visitor = JsonVisitor::for_span();
+        fields.record(&mut visitor);
+        if let Some(message) = visitor.message.take() {
+            visitor
+                .fields
+                .insert("message".to_owned(), Value::String(message));
+        }
+        if visitor.fields.is_empty() {
+            return Ok(());
+        }
+        let mut added = String::new();
+        for (key, value) in &visitor.fields {
+            added.push(',');
+            push_pair(&mut added, key, value);
+        }
+        if current.fields.ends_with('}') && current.fields.len() > 2 {
+            // `{"a":1}` + `,"b":2` → `{"a":1,"b":2}`
+            current.fields.pop();
+            current.fields.push_str(&added);
+            current.fields.push('}');
+        } else {
+            // Empty (`{}` or nothing yet): start a fresh object.
+            current.fields.clear();
+            current.fields.push('{');
+            current.fields.push_str(&added[1..]);
+            current.fields.push('}');
+        }
+        Ok(())
+    }
+}
+
+fn write_object(writer: &mut Writer<'_>, mut visitor: JsonVisitor) -> fmt::Result {
+    if let Some(message) = visitor.message.take() {
+        visitor
+            .fields
+            .insert("message".to_owned(), Value::String(message));
+    }
+    let mut out = String::with_capacity(64);
+    out.push('{');
+    let mut first = true;
+    for (key, value) in &visitor.fields {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_pair(&mut out, key, value);
+    }
+    out.push('}');
+    writer.write_str(&out)
+}
+
+/// Collects an event's or a span's fields as JSON values, keeping `message` apart.
 #[derive(Default)]
 struct JsonVisitor {
     message: Option<String>,
     fields: Map<String, Value>,
+    /// For spans: leave out trace-only attributes (events keep every field they log).
+    spans_only: bool,
 }
 
 impl JsonVisitor {
+    /// Trace-only attributes are left out before their value is even rendered.
+    fn for_span() -> Self {
+        JsonVisitor {
+            spans_only: true,
+            ..JsonVisitor::default()
+        }
+    }
+
+    fn wants(&self, field: &Field) -> bool {
+        let name = field.name();
+        !(self.spans_only && TRACE_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)))
+    }
+
     fn put(&mut self, field: &Field, value: Value) {
         if field.name() == "message" {
             self.message = Some(match value {
@@ -138,6 +236,9 @@ impl JsonVisitor {
 
 impl Visit for JsonVisitor {
     fn record_f64(&mut self, field: &Field, value: f64) {
+        if !self.wants(field) {
+            return;
+        }
         self.put(
             field,
             serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
@@ -145,26 +246,44 @@ impl Visit for JsonVisitor {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
+        if !self.wants(field) {
+            return;
+        }
         self.put(field, Value::from(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
+        if !self.wants(field) {
+            return;
+        }
         self.put(field, Value::from(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
+        if !self.wants(field) {
+            return;
+        }
         self.put(field, Value::Bool(value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
+        if !self.wants(field) {
+            return;
+        }
         self.put(field, Value::String(value.to_owned()));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if !self.wants(field) {
+            return;
+        }
         self.put(field, Value::String(value.to_string()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if !self.wants(field) {
+            return;
+        }
         self.put(field, Value::String(format!("{value:?}")));
     }
 }
@@ -176,7 +295,6 @@ mod tests {
 
     use opentelemetry::trace::TracerProvider as _;
     use tracing_subscriber::fmt::MakeWriter;
-    use tracing_subscriber::fmt::format::JsonFields;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
@@ -219,12 +337,22 @@ mod tests {
             .with(
                 tracing_subscriber::fmt::layer()
                     .event_format(JsonLines::default())
-                    .fmt_fields(JsonFields::new())
+                    .fmt_fields(SpanFields::default())
                     .with_writer(buf.clone()),
             );
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(answer = 42, "outside");
-            let outer = tracing::info_span!("request", event_id = "ev-1", stage = "outer");
+            let outer = tracing::info_span!(
+                "request",
+                otel.name = "POST /v1/events",
+                otel.kind = "server",
+                messaging.system = "rabbitmq",
+                event_id = "ev-1",
+                stage = "outer",
+                publisher_id = tracing::field::Empty,
+            );
+            outer.record("publisher_id", "acme");
+            outer.record("otel.kind", "client");
             let _o = outer.enter();
             let inner = tracing::info_span!(
                 "publish",
@@ -233,7 +361,7 @@ mod tests {
             );
             let _i = inner.enter();
             inner.record("record_id", "crm-9");
-            tracing::warn!(error = %"boom", "Destination refused the upsert.");
+            tracing::warn!(error = %"boom", http.status = 503, "Destination refused the upsert.");
         });
         let lines = lines(&buf);
         assert_eq!(lines.len(), 2);
@@ -251,7 +379,21 @@ mod tests {
         assert_eq!(second["event_id"], "ev-1");
         assert_eq!(second["stage"], "inner", "inner spans override outer ones");
         assert_eq!(second["record_id"], "crm-9", "fields recorded later appear");
+        assert_eq!(
+            second["publisher_id"], "acme",
+            "recorded into a span with fields"
+        );
+        for trace_only in ["otel.name", "otel.kind", "messaging.system"] {
+            assert!(
+                second.get(trace_only).is_none(),
+                "{trace_only} is for the trace, not the log"
+            );
+        }
         assert_eq!(second["error"], "boom");
+        assert_eq!(
+            second["http.status"], 503,
+            "an event keeps every field it logs"
+        );
         assert_eq!(second["span"], "publish");
         let trace_id = second["trace_id"].as_str().unwrap();
         assert_eq!(trace_id.len(), 32);
