@@ -1,0 +1,27 @@
+//! `handoff-delivery`: the delivery engine the writers (crm-writer, email-writer) share.
+//!
+//! Each part is small, has one job and knows no vendor's HTTP client:
+//!
+//! - `backoff.rs`: [`RetryPolicy`], full-jitter delays and the retry-or-give-up decision for
+//!   transient failures (pure; the caller passes the clock and the random source).
+//! - `classify.rs`: [`classify`], the per-[`Vendor`] table from an HTTP answer (status,
+//!   `Retry-After`, error body) to a [`Verdict`]; [`Verdict::from_io`] for answers that never came.
+//! - `stale.rs`: [`StaleGuard`], the newest `occurred_at` per (destination, record) in Redis, so
+//!   an older event never overwrites a newer one.
+//! - `pacing.rs`: [`Pacer`], a GCRA rate limiter per (destination, credential) in Redis, shared
+//!   by every replica, with [`Pacer::penalize`] after a 429.
+//! - `redis_handle.rs`: [`RedisHandle`], the lazily opened connection the Redis parts share.
+//!
+//! Redis keys all carry the namespace prefix (`"{ns}:..."`), like the idempotency store's.
+
+mod backoff;
+mod classify;
+mod pacing;
+mod redis_handle;
+mod stale;
+
+pub use backoff::{GiveUpReason, RetryDecision, RetryPolicy};
+pub use classify::{IoFailure, Vendor, Verdict, classify, classify_at, parse_retry_after};
+pub use pacing::{PaceKey, Pacer, PacingConfig, PacingError};
+pub use redis_handle::RedisHandle;
+pub use stale::{Admission, StaleConfig, StaleError, StaleGuard};
