@@ -92,7 +92,7 @@ pub fn phone(raw: &str, region: &str) -> Result<String, Invalid> {
         phonenumber::parse(Id::from_str(&region.to_ascii_uppercase()).ok(), trimmed)
     }
     .map_err(|_| invalid())?;
-    if !phonenumber::is_valid(&number) {
+    if !super::phone_valid::is_valid(&number) {
         return Err(invalid());
     }
     Ok(number.format().mode(Mode::E164).to_string())

@@ -12,6 +12,7 @@ mod country;
 mod custom;
 mod enums;
 mod money;
+mod phone_valid;
 mod text;
 mod time;
 mod timezone;
