@@ -10,18 +10,26 @@
 //!   an older event never overwrites a newer one.
 //! - `pacing.rs`: [`Pacer`], a GCRA rate limiter per (destination, credential) in Redis, shared
 //!   by every replica, with [`Pacer::penalize`] after a 429.
+//! - `ownership.rs`: [`OwnershipConfig`], which system owns which destination field;
+//!   [`OwnershipConfig::writable`] drops the fields a writer does not own (pure).
+//! - `ratelimit_headers.rs`: [`RateInfo`], a vendor's rate-limit headers (HubSpot's
+//!   `X-HubSpot-RateLimit-*`, `Retry-After`) read into numbers the pacer can use (pure).
 //! - `redis_handle.rs`: [`RedisHandle`], the lazily opened connection the Redis parts share.
 //!
 //! Redis keys all carry the namespace prefix (`"{ns}:..."`), like the idempotency store's.
 
 mod backoff;
 mod classify;
+mod ownership;
 mod pacing;
+mod ratelimit_headers;
 mod redis_handle;
 mod stale;
 
 pub use backoff::{GiveUpReason, RetryDecision, RetryPolicy};
 pub use classify::{IoFailure, Vendor, Verdict, classify, classify_at, parse_retry_after};
+pub use ownership::{Filtered, OwnershipConfig};
 pub use pacing::{PaceKey, Pacer, PacingConfig, PacingError};
+pub use ratelimit_headers::RateInfo;
 pub use redis_handle::RedisHandle;
 pub use stale::{Admission, StaleConfig, StaleError, StaleGuard};
