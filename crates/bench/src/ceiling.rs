@@ -50,23 +50,92 @@ pub async fn run(
     watched: &Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Ceiling> {
-    let namespace = format!("bench-{run_id}-broker");
+    let (bus, stop) = scenario_bus(&format!("bench-{run_id}-broker"));
+    let result = measure(opts, run_id, watched, &bus, interrupted).await;
+    remove_scenario_bus(&bus, stop).await;
+    result
+}
+
+/// A bus declaring the v1 topology in a scenario's own `namespace`; pair it with
+/// [`remove_scenario_bus`] whatever the scenario's outcome.
+pub fn scenario_bus(namespace: &str) -> (Bus, CancellationToken) {
     let stop = CancellationToken::new();
     let bus = Bus::start(
         BusConfig {
             url: handoff_test_support::amqp_url(),
             ..BusConfig::default()
         },
-        Topology::v1(&namespace),
+        Topology::v1(namespace),
         stop.clone(),
     );
-    let result = measure(opts, run_id, watched, &bus, interrupted).await;
+    (bus, stop)
+}
+
+/// Deletes the scenario's queues and exchanges and closes its bus.
+pub async fn remove_scenario_bus(bus: &Bus, stop: CancellationToken) {
     if let Err(err) = bus.teardown().await {
+        let namespace = bus.topology().namespace();
         eprintln!("handoff-bench: could not remove namespace {namespace}: {err}");
     }
     bus.close().await;
     stop.cancel();
-    result
+}
+
+/// A backlog of raw envelopes waiting in a stage's queue before any clock starts.
+pub struct Backlog {
+    /// How many were published (and are in the queue).
+    pub expected: u64,
+    /// Size of one envelope on the wire.
+    pub input_bytes: usize,
+    /// How long publishing them took (not part of any measurement).
+    pub took: Duration,
+}
+
+/// Publishes `opts.events` raw envelopes (ids marked `tag`) to `raw.<type>` and checks
+/// that `queue` then holds exactly that many.
+#[allow(clippy::too_many_arguments)] // Each is one independent input of the preload.
+pub async fn preload_backlog(
+    channels: &[Channel],
+    counter: &crate::queues::Counter,
+    topology: &Topology,
+    queue: &str,
+    run_id: &str,
+    tag: char,
+    opts: &Options,
+    interrupted: &CancellationToken,
+) -> anyhow::Result<Backlog> {
+    let messages: Vec<(String, Vec<u8>)> = (0..opts.events)
+        .map(|i| {
+            let id = payload::event_id(run_id, tag, i);
+            let body = payload::envelope(&id);
+            (id, body)
+        })
+        .collect();
+    let input_bytes = messages.first().map_or(0, |(_, body)| body.len());
+    let expected = messages.len() as u64;
+    let started = Instant::now();
+    preload(
+        channels,
+        &Target {
+            exchange: topology.events_exchange(),
+            routing_key: payload::EVENT_TYPE.raw_routing_key(),
+        },
+        messages,
+        opts.concurrency,
+        interrupted,
+    )
+    .await
+    .with_context(|| format!("preloading {queue}"))?;
+    let took = started.elapsed();
+    let queued = counter.count(queue).await?;
+    if u64::from(queued) != expected {
+        bail!("{queue} holds {queued} messages after preloading {expected}");
+    }
+    Ok(Backlog {
+        expected,
+        input_bytes,
+        took,
+    })
 }
 
 async fn measure(

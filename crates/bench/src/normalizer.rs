@@ -28,14 +28,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use handoff_bus::{Bus, BusConfig, CRM_WRITER, NORMALIZER, Topology};
+use handoff_bus::{Bus, BusConfig, CRM_WRITER, NORMALIZER};
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
-use crate::ceiling::{self, Target};
+use crate::ceiling;
 use crate::measure::{Latencies, Measured};
 use crate::options::Options;
-use crate::payload;
 use crate::procs::{self, Watched};
 use crate::queues::Counter;
 use crate::report::thousands;
@@ -81,15 +80,7 @@ pub async fn run(
     interrupted: &CancellationToken,
 ) -> anyhow::Result<NormalizerRun> {
     let namespace = format!("bench-{run_id}-normalizer");
-    let stop = CancellationToken::new();
-    let bus = Bus::start(
-        BusConfig {
-            url: handoff_test_support::amqp_url(),
-            ..BusConfig::default()
-        },
-        Topology::v1(&namespace),
-        stop.clone(),
-    );
+    let (bus, stop) = ceiling::scenario_bus(&namespace);
     let mut service = None;
     let result = scenario(opts, run_id, watched, &bus, &mut service, interrupted).await;
     if let Some(service) = service.take() {
@@ -97,11 +88,7 @@ pub async fn run(
         let _ = service.stop(Duration::from_secs(15)).await;
     }
     watched.normalizer = None;
-    if let Err(err) = bus.teardown().await {
-        eprintln!("handoff-bench: could not remove namespace {namespace}: {err}");
-    }
-    bus.close().await;
-    stop.cancel();
+    ceiling::remove_scenario_bus(&bus, stop).await;
     handoff_test_support::cleanup_redis(&namespace).await;
     result
 }
@@ -153,33 +140,21 @@ async fn drain(
     let counter = Counter::open(connection).await?;
     let channels = ceiling::confirm_channels(connection).await?;
 
-    let messages: Vec<(String, Vec<u8>)> = (0..opts.events)
-        .map(|i| {
-            let id = payload::event_id(run_id, 'N', i);
-            let body = payload::envelope(&id);
-            (id, body)
-        })
-        .collect();
-    let input_bytes = messages.first().map_or(0, |(_, body)| body.len());
-    let expected = messages.len() as u64;
-    let preload_started = Instant::now();
-    ceiling::preload(
+    let ceiling::Backlog {
+        expected,
+        input_bytes,
+        took: preload,
+    } = ceiling::preload_backlog(
         &channels,
-        &Target {
-            exchange: topology.events_exchange(),
-            routing_key: payload::EVENT_TYPE.raw_routing_key(),
-        },
-        messages,
-        opts.concurrency,
+        &counter,
+        topology,
+        &input_queue,
+        run_id,
+        'N',
+        opts,
         interrupted,
     )
-    .await
-    .context("preloading the normalizer's input")?;
-    let preload = preload_started.elapsed();
-    let queued = counter.count(&input_queue).await?;
-    if u64::from(queued) != expected {
-        bail!("{input_queue} holds {queued} messages after preloading {expected}");
-    }
+    .await?;
     println!(
         "      preloaded {} raw envelopes into {input_queue} in {:.1} s (not measured); \
          starting {}…",

@@ -33,7 +33,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::ceiling::{self, Target};
+use crate::ceiling;
 use crate::measure::{Failures, Latencies, Measured};
 use crate::options::Options;
 use crate::payload;
@@ -62,22 +62,9 @@ pub async fn run(
     watched: &Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Relay> {
-    let namespace = format!("bench-{run_id}-relay");
-    let stop = CancellationToken::new();
-    let bus = Bus::start(
-        BusConfig {
-            url: handoff_test_support::amqp_url(),
-            ..BusConfig::default()
-        },
-        Topology::v1(&namespace),
-        stop.clone(),
-    );
+    let (bus, stop) = ceiling::scenario_bus(&format!("bench-{run_id}-relay"));
     let result = measure(opts, run_id, watched, &bus, interrupted).await;
-    if let Err(err) = bus.teardown().await {
-        eprintln!("handoff-bench: could not remove namespace {namespace}: {err}");
-    }
-    bus.close().await;
-    stop.cancel();
+    ceiling::remove_scenario_bus(&bus, stop).await;
     result
 }
 
@@ -115,33 +102,21 @@ async fn drain(
     let channels = ceiling::confirm_channels(connection).await?;
     let counter = Counter::open(connection).await?;
 
-    let messages: Vec<(String, Vec<u8>)> = (0..opts.events)
-        .map(|i| {
-            let id = payload::event_id(run_id, 'R', i);
-            let body = payload::envelope(&id);
-            (id, body)
-        })
-        .collect();
-    let input_bytes = messages.first().map_or(0, |(_, body)| body.len());
-    let expected = messages.len() as u64;
-    let preload_started = Instant::now();
-    ceiling::preload(
+    let ceiling::Backlog {
+        expected,
+        input_bytes,
+        took: preload,
+    } = ceiling::preload_backlog(
         &channels,
-        &Target {
-            exchange: topology.events_exchange(),
-            routing_key: payload::EVENT_TYPE.raw_routing_key(),
-        },
-        messages,
-        opts.concurrency,
+        &counter,
+        topology,
+        &input_queue,
+        run_id,
+        'R',
+        opts,
         interrupted,
     )
-    .await
-    .context("preloading the relay's input")?;
-    let preload = preload_started.elapsed();
-    let queued = counter.count(&input_queue).await?;
-    if u64::from(queued) != expected {
-        bail!("the relay's input queue holds {queued} messages after preloading {expected}");
-    }
+    .await?;
 
     // One output body for every message: same size as the normalizer's, built before the
     // clock starts so no Handoff code runs while it does.
