@@ -193,8 +193,9 @@ impl Bus {
     ///
     /// A nack is [`BusError::Nacked`], a `basic.return` [`BusError::Unroutable`], no
     /// confirm within `publish_timeout` [`BusError::ConfirmTimeout`], and no connection
-    /// [`BusError::Unavailable`] at once. The current span's W3C trace context goes into
-    /// the headers unless the message already has a `traceparent`; the AMQP timestamp,
+    /// [`BusError::Unavailable`] at once. It runs in a `publish` producer span (a child of the
+    /// current one) whose W3C trace context goes into the headers unless the message already
+    /// has a `traceparent`; the AMQP timestamp,
     /// content type, message id and type properties are set from the message.
     pub async fn publish(&self, msg: OutgoingMessage) -> Result<(), BusError> {
         let exchange = self.inner.topology.events_exchange();
@@ -207,6 +208,22 @@ impl Bus {
     /// Publishing to an exchange that does not exist makes the broker close the
     /// publisher channel, failing the publishes in flight on it; don't.
     pub async fn publish_to(&self, exchange: &str, msg: OutgoingMessage) -> Result<(), BusError> {
+        // The producer span of OpenTelemetry's messaging conventions; its context is what
+        // goes into the headers, so the consumer's span is its child.
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = %format!("publish {}", msg.routing_key),
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "publish",
+            messaging.destination.name = exchange,
+            messaging.rabbitmq.destination.routing_key = %msg.routing_key,
+            messaging.message.id = msg.message_id.as_deref().unwrap_or(""),
+        );
+        self.publish_in_span(exchange, msg).instrument(span).await
+    }
+
+    async fn publish_in_span(&self, exchange: &str, msg: OutgoingMessage) -> Result<(), BusError> {
         let mut headers = msg.headers;
         if !headers.contains_key(trace::TRACEPARENT) {
             trace::inject_current(&mut headers);

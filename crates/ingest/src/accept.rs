@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tracing::{Instrument, debug, warn};
+use tracing::{debug, warn};
 
 use crate::contract::CheckedEvent;
 use crate::error::ApiError;
@@ -107,17 +107,7 @@ impl Acceptor {
             message_type: Some("handoff.v1.Envelope".to_owned()),
             headers: Default::default(),
         };
-        let publish_span = tracing::info_span!(
-            "publish",
-            otel.name = %format!("publish {routing_key}"),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "publish",
-            messaging.destination.name = %self.bus.topology().events_exchange(),
-            messaging.rabbitmq.destination.routing_key = %routing_key,
-            messaging.message.id = %event_id,
-        );
-        let published = self.bus.publish(message).instrument(publish_span).await;
+        let published = self.bus.publish(message).await;
         if let Err(err) = published {
             if let Err(release_err) = self.store.release(&key, &token).await {
                 debug!(event_id = %event_id, error = %release_err, "Could not release the dedupe claim; it will expire.");

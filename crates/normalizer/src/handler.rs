@@ -205,17 +205,7 @@ impl NormalizeHandler {
             message_type: Some("handoff.v1.Envelope".to_owned()),
             headers: Default::default(),
         };
-        let publish_span = tracing::info_span!(
-            "publish",
-            otel.name = %format!("publish {routing_key}"),
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.operation.type = "publish",
-            messaging.destination.name = %self.bus.topology().events_exchange(),
-            messaging.rabbitmq.destination.routing_key = %routing_key,
-            messaging.message.id = %id.event_id,
-        );
-        if let Err(err) = self.bus.publish(message).instrument(publish_span).await {
+        if let Err(err) = self.bus.publish(message).await {
             if let Err(release_err) = self.store.release(&key, &token).await {
                 debug!(error = %release_err, "Could not release the dedupe claim; it will expire.");
             }
