@@ -22,8 +22,9 @@ pub struct RedisHandle {
 }
 
 struct Inner {
+    /// The client and its reconnect policy ([`RedisConfig::connection_manager_config`]);
     /// `None` when the handle was built around an existing connection.
-    client: Option<redis::Client>,
+    client: Option<(redis::Client, ConnectionManagerConfig)>,
     conn: OnceCell<ConnectionManager>,
     op_timeout: Duration,
 }
@@ -44,7 +45,7 @@ impl RedisHandle {
         let client = redis::Client::open(cfg.url.as_str()).map_err(StoreError::InvalidUrl)?;
         Ok(RedisHandle {
             inner: Arc::new(Inner {
-                client: Some(client),
+                client: Some((client, cfg.connection_manager_config())),
                 conn: OnceCell::new(),
                 op_timeout: cfg.op_timeout,
             }),
@@ -66,26 +67,15 @@ impl RedisHandle {
     /// The shared connection, created on first use (inside the runtime, which the connection
     /// manager needs for its background task).
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let op_timeout = self.inner.op_timeout;
         let conn = self
             .inner
             .conn
             .get_or_try_init(|| async {
-                let Some(client) = &self.inner.client else {
+                let Some((client, config)) = &self.inner.client else {
                     // Unreachable: a handle without a client was built with its connection.
                     return Err(StoreError::Corrupt("redis handle has no connection".into()));
                 };
-                let config = ConnectionManagerConfig::new()
-                    // Each connection attempt and each response is bounded like the operation.
-                    .set_connection_timeout(Some(op_timeout))
-                    .set_response_timeout(Some(op_timeout))
-                    // Fail fast while Redis is away (as the idempotency store does): the caller
-                    // turns the error into a delayed redelivery, and the next operation starts a
-                    // new attempt, so at most one reconnection is in flight.
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
                     .map_err(StoreError::from)
             })
             .await?;

@@ -28,6 +28,19 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// How every Handoff connection to Redis behaves: each connection attempt and each
+    /// response bounded like an operation (`op_timeout`), and one quick retry while Redis is
+    /// away before the error goes back to the caller (a 503 or a delayed redelivery); the next
+    /// operation starts a new attempt, so at most one reconnection is in flight.
+    pub fn connection_manager_config(&self) -> redis::aio::ConnectionManagerConfig {
+        redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.op_timeout))
+            .set_response_timeout(Some(self.op_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+    }
+
     /// Checks the values serde cannot: the URL parses as a Redis URL and the timeout is not zero.
     /// The message names the sub-key (`url: ...`, `op_timeout: ...`); a service's `Validate`
     /// prefixes it with its own key, e.g. `redis.url: ...`.

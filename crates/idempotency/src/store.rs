@@ -51,6 +51,8 @@ const FINISHED: &str = "finished:";
 /// task never keeps the queue that feeds it alive (it ends when the last `Store` clone is dropped).
 struct Shared {
     client: redis::Client,
+    /// [`RedisConfig::connection_manager_config`]: the reconnect policy every service shares.
+    manager: ConnectionManagerConfig,
     conn: OnceCell<ConnectionManager>,
     namespace: String,
     op_timeout: Duration,
@@ -123,6 +125,7 @@ impl Store {
         let client = redis::Client::open(cfg.url.as_str()).map_err(StoreError::InvalidUrl)?;
         let shared = Arc::new(Shared {
             client,
+            manager: cfg.connection_manager_config(),
             conn: OnceCell::new(),
             namespace: namespace.to_owned(),
             op_timeout: cfg.op_timeout,
@@ -406,21 +409,10 @@ impl Shared {
     /// The shared connection, created on first use (inside the runtime, which the connection
     /// manager needs for its background task).
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let op_timeout = self.op_timeout;
         let conn = self
             .conn
             .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    // Each connection attempt and each response is bounded like the operation.
-                    .set_connection_timeout(Some(op_timeout))
-                    .set_response_timeout(Some(op_timeout))
-                    // Fail fast while Redis is away: one quick retry, then the error goes back to
-                    // the caller (a 503 or a delayed redelivery). The next operation or health
-                    // ping starts a new attempt, so at most one reconnection is in flight.
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.manager.clone())
             })
             .await
             .map_err(StoreError::from)?;
