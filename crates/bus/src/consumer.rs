@@ -7,9 +7,15 @@
 //!
 //! - [`Outcome::Ack`] becomes `basic.ack`.
 //! - [`Outcome::RetryLater`] sends a copy (same body and properties, attempt + 1,
-//!   retry history in headers) to the stage's delay queue for the smallest sufficient
-//!   tier; it dead-letters back into the stage queue when its TTL expires. Past
+//!   retry history and `x-handoff-not-before` in headers) to one of the stage's delay
+//!   queues; it dead-letters back into the stage queue when its TTL expires. Past
 //!   `max_attempts` it becomes a dead letter of class `RetriesExhausted`.
+//! - [`Outcome::Defer`] sends a copy the same way with only `x-handoff-not-before`
+//!   set: no attempt is used up, so it never runs into `max_attempts`.
+//! - A message that comes back before its `x-handoff-not-before` is not handed to
+//!   the handler: the loop sends it on, unchanged, through another delay queue (a
+//!   "delay hop"). Each hop takes the largest tier that fits the time left, so a wait
+//!   ends no earlier than asked and at most one smallest tier later.
 //! - [`Outcome::DeadLetter`] publishes a `handoff.v1.DeadLetter` record with the
 //!   original message and every piece of context to the dead-letter exchange, routing
 //!   key `{stage}.{class label}`.
@@ -45,6 +51,13 @@ use crate::{Bus, BusError, Headers, trace};
 /// AMQP `type` of the records published to the dead-letter exchange.
 pub const DEAD_LETTER_MESSAGE_TYPE: &str = "handoff.v1.DeadLetter";
 
+/// A message due within the smallest delay tier is held in-process for the rest of its
+/// wait rather than sent through that tier, which would make it up to a whole tier late
+/// (and bunch retries that full jitter spread out into tier-sized steps). The hold is
+/// bounded by the smallest tier (200 ms by default), so it never ties up a prefetch slot
+/// for long; with no tiers configured only this short tolerance applies.
+const NOT_BEFORE_TOLERANCE: Duration = Duration::from_millis(10);
+
 /// Pause before resubscribing after the broker cancelled the consumer or refused it
 /// (a missing queue), so a persistent problem is not a hot loop.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
@@ -73,7 +86,8 @@ pub struct Delivery {
     /// The broker delivered this message before (to us or another consumer) and it
     /// was not acked: a crash or lost connection mid-handling, so maybe a duplicate.
     pub redelivered: bool,
-    /// 1 on the first try, from header `x-handoff-attempt` across `RetryLater` hops.
+    /// 1 on the first try, from header `x-handoff-attempt`; each `RetryLater` raises
+    /// it, `Defer` and delay hops don't.
     pub attempt: u32,
     /// When the first `RetryLater` happened, `None` on the first try.
     pub first_failed_at: Option<OffsetDateTime>,
@@ -115,16 +129,29 @@ impl Delivery {
 }
 
 /// What to do with a message once its handler is done.
+///
+/// `RetryLater` and `Defer` wait in the stage's delay queues: the message comes back
+/// no earlier than `delay` and at most one smallest tier (`BusConfig::retry_delays`)
+/// later, so a backoff's jitter survives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Done (side effect made or output confirmed): ack it.
     Ack,
-    /// A transient failure: try again after about `delay` (rounded up to a tier).
+    /// A transient failure: try again after `delay`; uses up an attempt.
     RetryLater {
         /// The least time to wait before the next attempt.
         delay: Duration,
         /// What went wrong, for the attempt history and a final dead letter.
         error: String,
+    },
+    /// Not the message's fault: try again after `delay` without using up an attempt,
+    /// e.g. a destination's rate limit (HTTP 429), which would otherwise exhaust the
+    /// retries of messages that never failed. Never becomes `RetriesExhausted`.
+    Defer {
+        /// The least time to wait before handling it again.
+        delay: Duration,
+        /// Why, for the log.
+        reason: String,
     },
     /// A permanent failure: park the message in the dead letters with why.
     DeadLetter(Failure),
@@ -328,16 +355,42 @@ async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message:
     );
     let _ = span.set_parent(trace::extract(&delivery.headers));
     async move {
-        debug!(redelivered = delivery.redelivered, "Handling a message.");
-        let outcome = AssertUnwindSafe(handler.handle(&delivery))
-            .catch_unwind()
-            .await;
-        let label = match outcome {
-            Ok(outcome) => settle(&ctx, &raw, &delivery, outcome).await,
-            Err(_) => {
-                warn!("The handler panicked; requeueing the message.");
-                requeue(&raw).await;
-                "panic"
+        let left = headers::wait_left(&delivery.headers, OffsetDateTime::now_utc());
+        // Without tiers there is nowhere to wait; handling it beats a requeue loop.
+        let tiers = &ctx.bus.config().retry_delays;
+        let can_wait = !tiers.is_empty();
+        let hold_in_process = tiers
+            .first()
+            .copied()
+            .unwrap_or(NOT_BEFORE_TOLERANCE)
+            .max(NOT_BEFORE_TOLERANCE);
+        let label = match left {
+            Some(left) if left > hold_in_process && can_wait => {
+                debug!(?left, "Not due yet; sending it through another delay tier.");
+                let properties = delayed_copy(&raw, &delivery, Vec::new());
+                if send_delayed(&ctx, &raw, properties, left).await {
+                    "delay_hop"
+                } else {
+                    "requeue"
+                }
+            }
+            _ => {
+                if let Some(left) = left.filter(|l| *l <= hold_in_process) {
+                    // Never early, and never a whole tier late.
+                    tokio::time::sleep(left).await;
+                }
+                debug!(redelivered = delivery.redelivered, "Handling a message.");
+                let outcome = AssertUnwindSafe(handler.handle(&delivery))
+                    .catch_unwind()
+                    .await;
+                match outcome {
+                    Ok(outcome) => settle(&ctx, &raw, &delivery, outcome).await,
+                    Err(_) => {
+                        warn!("The handler panicked; requeueing the message.");
+                        requeue(&raw).await;
+                        "panic"
+                    }
+                }
             }
         };
         metrics::counter!(
@@ -376,30 +429,26 @@ async fn settle(
             "ack"
         }
         Outcome::RetryLater { delay, error } => {
-            let Some(tier) = pick_tier(&cfg.retry_delays, delay) else {
-                // No delay tiers configured: immediate redelivery, bounded by the
-                // queue's delivery limit.
-                requeue(raw).await;
+            let now = OffsetDateTime::now_utc();
+            let properties = retry_copy(raw, delivery, &error, now, delay);
+            if !send_delayed(ctx, raw, properties, delay).await {
                 return "requeue";
-            };
-            let delay_queue = ctx.bus.topology().delay_queue(&ctx.stage, tier);
-            let properties = retry_copy(raw, delivery, &error, OffsetDateTime::now_utc());
-            match ctx
-                .bus
-                .publish_raw("", &delay_queue, &raw.data, properties)
-                .await
-            {
-                Ok(()) => {
-                    ack(raw).await;
-                    debug!(%error, delay_queue, "Scheduled a retry.");
-                    "retry"
-                }
-                Err(err) => {
-                    warn!(error = %err, delay_queue, "Could not schedule a retry; requeueing.");
-                    requeue(raw).await;
-                    "requeue"
-                }
             }
+            debug!(%error, ?delay, "Scheduled a retry.");
+            "retry"
+        }
+        Outcome::Defer { delay, reason } => {
+            let due = headers::due_at(OffsetDateTime::now_utc(), delay);
+            let properties = delayed_copy(
+                raw,
+                delivery,
+                vec![(headers::HEADER_NOT_BEFORE, headers::format_time(due))],
+            );
+            if !send_delayed(ctx, raw, properties, delay).await {
+                return "requeue";
+            }
+            debug!(%reason, ?delay, "Deferred.");
+            "defer"
         }
         Outcome::DeadLetter(failure) => {
             let now = OffsetDateTime::now_utc();
@@ -449,6 +498,39 @@ async fn settle(
     }
 }
 
+/// Publishes a delayed copy to the stage's delay queue for `delay` (see [`pick_tier`])
+/// and acks the original once the broker confirmed the copy; otherwise requeues the
+/// original and returns `false`.
+async fn send_delayed(
+    ctx: &TaskCtx,
+    raw: &lapin::message::Delivery,
+    properties: BasicProperties,
+    delay: Duration,
+) -> bool {
+    let Some(tier) = pick_tier(&ctx.bus.config().retry_delays, delay) else {
+        // No delay tiers configured: immediate redelivery, bounded by the queue's
+        // delivery limit.
+        requeue(raw).await;
+        return false;
+    };
+    let delay_queue = ctx.bus.topology().delay_queue(&ctx.stage, tier);
+    match ctx
+        .bus
+        .publish_raw("", &delay_queue, &raw.data, properties)
+        .await
+    {
+        Ok(()) => {
+            ack(raw).await;
+            true
+        }
+        Err(err) => {
+            warn!(error = %err, delay_queue, "Could not send a message to its delay queue; requeueing.");
+            requeue(raw).await;
+            false
+        }
+    }
+}
+
 async fn ack(raw: &lapin::message::Delivery) {
     // Single ack (multiple = false): handlers finish out of order.
     if let Err(err) = raw.acker.ack(BasicAckOptions::default()).await {
@@ -479,13 +561,40 @@ fn timestamp(t: OffsetDateTime) -> Timestamp {
     }
 }
 
-/// Properties of the retry copy: the original ones, with the attempt raised, the
-/// failure recorded and the origin route kept.
+/// Properties of the retry copy: attempt raised, failure recorded, due after `delay`.
 fn retry_copy(
     raw: &lapin::message::Delivery,
     delivery: &Delivery,
     error: &str,
     now: OffsetDateTime,
+    delay: Duration,
+) -> BasicProperties {
+    let mut attempts = headers::parse_attempts(&delivery.headers);
+    attempts.push(AttemptRecord::new(delivery.attempt, now, error));
+    let set = vec![
+        (headers::HEADER_ATTEMPT, (delivery.attempt + 1).to_string()),
+        (
+            headers::HEADER_FIRST_FAILED_AT,
+            headers::format_time(delivery.first_failed_at.unwrap_or(now)),
+        ),
+        (
+            headers::HEADER_ATTEMPTS,
+            headers::encode_attempts(&attempts),
+        ),
+        (
+            headers::HEADER_NOT_BEFORE,
+            headers::format_time(headers::due_at(now, delay)),
+        ),
+    ];
+    delayed_copy(raw, delivery, set)
+}
+
+/// Properties of a copy sent through a delay queue: the original ones with the origin
+/// route kept (the hop goes through the default exchange) and `set` applied.
+fn delayed_copy(
+    raw: &lapin::message::Delivery,
+    delivery: &Delivery,
+    set: Vec<(&str, String)>,
 ) -> BasicProperties {
     let mut entries = raw
         .properties
@@ -496,25 +605,16 @@ fn retry_copy(
     // The copy starts a fresh life in the broker's eyes; the publisher numbers it anew.
     entries.remove(headers::DELIVERY_COUNT);
     entries.remove(headers::PUBLISH_SEQ);
-    let mut set = |key: &str, value: String| {
+    let origin = [
+        (headers::HEADER_ORIGIN_EXCHANGE, delivery.exchange.clone()),
+        (
+            headers::HEADER_ORIGIN_ROUTING_KEY,
+            delivery.routing_key.clone(),
+        ),
+    ];
+    for (key, value) in origin.into_iter().chain(set) {
         entries.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
-    };
-    let mut attempts = headers::parse_attempts(&delivery.headers);
-    attempts.push(AttemptRecord::new(delivery.attempt, now, error));
-    set(headers::HEADER_ATTEMPT, (delivery.attempt + 1).to_string());
-    set(
-        headers::HEADER_FIRST_FAILED_AT,
-        headers::format_time(delivery.first_failed_at.unwrap_or(now)),
-    );
-    set(
-        headers::HEADER_ATTEMPTS,
-        headers::encode_attempts(&attempts),
-    );
-    set(headers::HEADER_ORIGIN_EXCHANGE, delivery.exchange.clone());
-    set(
-        headers::HEADER_ORIGIN_ROUTING_KEY,
-        delivery.routing_key.clone(),
-    );
+    }
     raw.properties
         .clone()
         .with_headers(FieldTable::from(entries))

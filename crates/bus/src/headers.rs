@@ -3,8 +3,11 @@
 //! The bus keeps a message's retry history in headers so it survives hops through
 //! the delay queues and process restarts (nothing lives in a process's memory):
 //! [`HEADER_ATTEMPT`], [`HEADER_FIRST_FAILED_AT`], [`HEADER_ATTEMPTS`] and the origin
-//! route. [`PUBLISH_SEQ`] is internal bookkeeping of the publisher (`publisher.rs`)
-//! and is never shown to handlers.
+//! route. [`HEADER_NOT_BEFORE`] is when a delayed message is due, so a wait can span
+//! several delay tiers. [`PUBLISH_SEQ`] is internal bookkeeping of the publisher
+//! (`publisher.rs`) and is never shown to handlers.
+
+use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use time::OffsetDateTime;
@@ -19,6 +22,10 @@ pub const HEADER_ATTEMPT: &str = "x-handoff-attempt";
 pub const HEADER_FIRST_FAILED_AT: &str = "x-handoff-first-failed-at";
 /// JSON array of the failed attempts so far: `[{"n":1,"at":"...","error":"..."}]`.
 pub const HEADER_ATTEMPTS: &str = "x-handoff-attempts";
+/// RFC 3339 time before which a delayed message must not reach its handler, set by
+/// `RetryLater` and `Defer`. Delay tiers are coarse, so the consumer sends a message
+/// that comes back before this time on through another tier instead of handling it.
+pub const HEADER_NOT_BEFORE: &str = "x-handoff-not-before";
 /// The exchange the message was first published to, kept across retry hops (which
 /// go through the default exchange).
 pub const HEADER_ORIGIN_EXCHANGE: &str = "x-handoff-origin-exchange";
@@ -154,6 +161,26 @@ pub(crate) fn parse_time(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
 }
 
+/// When a message delayed at `now` by `delay` becomes due; a delay too long for the
+/// calendar means the last representable instant rather than an unreadable header,
+/// which would make the message due at once.
+pub(crate) fn due_at(now: OffsetDateTime, delay: Duration) -> OffsetDateTime {
+    let delay = time::Duration::try_from(delay).unwrap_or(time::Duration::MAX);
+    now.saturating_add(delay)
+}
+
+/// How long a delivery must still wait per [`HEADER_NOT_BEFORE`]; `None` when it is
+/// due, or the header is missing or unreadable (handling it beats parking it forever).
+pub(crate) fn wait_left(headers: &Headers, now: OffsetDateTime) -> Option<Duration> {
+    let not_before = headers.get(HEADER_NOT_BEFORE).and_then(|s| parse_time(s))?;
+    let left = not_before - now;
+    if left.is_positive() {
+        Duration::try_from(left).ok()
+    } else {
+        None
+    }
+}
+
 /// The attempt number a delivery carries, 1 when absent or unreadable.
 pub(crate) fn attempt(headers: &Headers) -> u32 {
     headers
@@ -235,6 +262,34 @@ mod tests {
         assert_eq!(parse_time(&parsed[0].at), Some(at));
         h.insert(HEADER_ATTEMPTS.into(), "garbage".into());
         assert!(parse_attempts(&h).is_empty());
+    }
+
+    #[test]
+    fn not_before_keeps_subsecond_precision_and_counts_down() {
+        let now = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789)
+            .expect("valid time");
+        let at = due_at(now, Duration::from_millis(1300));
+        let mut h = Headers::new();
+        h.insert(HEADER_NOT_BEFORE.into(), format_time(at));
+        assert_eq!(h[HEADER_NOT_BEFORE], "2023-11-14T22:13:21.423456789Z");
+        assert_eq!(wait_left(&h, now), Some(Duration::from_millis(1300)));
+        assert_eq!(
+            wait_left(&h, now + time::Duration::milliseconds(1000)),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(wait_left(&h, at), None);
+        assert_eq!(wait_left(&h, at + time::Duration::SECOND), None);
+        h.insert(HEADER_NOT_BEFORE.into(), "garbage".into());
+        assert_eq!(wait_left(&h, now), None);
+        assert_eq!(wait_left(&Headers::new(), now), None);
+    }
+
+    #[test]
+    fn an_absurd_delay_is_still_a_readable_time() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("valid time");
+        let far = format_time(due_at(now, Duration::MAX));
+        assert!(far.starts_with("9999-12-31T"), "{far}");
+        assert!(parse_time(&far).is_some_and(|t| t > now));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!   jitter; readiness via [`Bus::is_ready`]; confirmed, persistent, mandatory publishes
 //!   via [`Bus::publish`] (the confirm bookkeeping lives in `publisher.rs`).
 //! - [`consumer::run`]: the manual-ack consumer loop; a [`Handler`] returns an
-//!   [`Outcome`] per message and the loop acks, schedules a delayed retry or publishes a
-//!   `handoff.v1.DeadLetter` record, always confirming its own output before it acks.
+//!   [`Outcome`] per message and the loop acks, schedules a delayed retry, defers the
+//!   message without counting an attempt, or publishes a `handoff.v1.DeadLetter`
+//!   record, always confirming its own output before it acks.
 //! - [`trace`]: W3C trace context carried in AMQP headers.
 //! - `headers.rs`: conversion between AMQP field tables and string [`Headers`], and the
 //!   names of the headers the bus itself maintains.
@@ -35,10 +36,10 @@ pub mod trace;
 pub use bus::Bus;
 pub use consumer::{Delivery, Failure, Handler, Outcome};
 pub use headers::{
-    HEADER_ATTEMPT, HEADER_ATTEMPTS, HEADER_FIRST_FAILED_AT, HEADER_ORIGIN_EXCHANGE,
-    HEADER_ORIGIN_ROUTING_KEY,
+    HEADER_ATTEMPT, HEADER_ATTEMPTS, HEADER_FIRST_FAILED_AT, HEADER_NOT_BEFORE,
+    HEADER_ORIGIN_EXCHANGE, HEADER_ORIGIN_ROUTING_KEY,
 };
-pub use topology::{CRM_WRITER, EMAIL_WRITER, NORMALIZER, Topology};
+pub use topology::{CRM_CONTACT_SYNCED, CRM_WRITER, EMAIL_WRITER, NORMALIZER, Topology};
 
 /// AMQP headers as Handoff uses them: string keys, string values.
 ///
@@ -71,13 +72,16 @@ pub struct BusConfig {
     /// Largest pause between reconnect attempts.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
-    /// Delay tiers for `Outcome::RetryLater`, ascending; one delay queue per stage
-    /// and tier. A retry goes to the smallest tier at least as long as the delay the
-    /// handler asked for, capped at the largest.
+    /// Delay tiers for `Outcome::RetryLater` and `Outcome::Defer`, ascending; one
+    /// delay queue per stage and tier. A retry goes to the largest tier not longer
+    /// than the delay, hopping until less than the smallest tier is left, which the
+    /// consumer then waits out in-process: a retry is handled when asked, never early
+    /// (a delay shorter than the smallest tier waits that tier). The large tiers keep
+    /// long waits to a few hops; the smallest bounds how long a message is held.
     #[serde(with = "humantime_list")]
     pub retry_delays: Vec<Duration>,
     /// Attempts (first try included) before a message that keeps asking for
-    /// `RetryLater` is dead-lettered as `RetriesExhausted`.
+    /// `RetryLater` is dead-lettered as `RetriesExhausted`; `Defer` is not an attempt.
     pub max_attempts: u32,
     /// On shutdown, how long [`consumer::run`] lets in-flight handlers finish (and
     /// their outcomes be confirmed and acked) before it gives up on them; messages of
@@ -99,6 +103,7 @@ impl Default for BusConfig {
             reconnect_min_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
             retry_delays: vec![
+                Duration::from_millis(200),
                 Duration::from_secs(1),
                 Duration::from_secs(5),
                 Duration::from_secs(30),
@@ -229,7 +234,10 @@ mod tests {
         assert_eq!(cfg.prefetch, 200);
         assert_eq!(cfg.delivery_limit, 20);
         assert_eq!(cfg.max_attempts, 30);
-        assert_eq!(cfg.retry_delays.len(), 5);
+        assert_eq!(
+            cfg.retry_delays,
+            [200, 1_000, 5_000, 30_000, 120_000, 600_000].map(Duration::from_millis)
+        );
     }
 
     #[test]

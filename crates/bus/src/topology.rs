@@ -6,7 +6,7 @@
 //! {ns}.{stage}.delay.{tier}
 //!                    quorum queue per stage and retry tier: message TTL = tier, then
 //!                    dead-lettered (at-least-once) through the default exchange back
-//!                    to {ns}.{stage}
+//!                    to {ns}.{stage}; a long delay passes through several of them
 //! {ns}.dead-letter   topic exchange, durable: DeadLetter records and broker dead letters
 //! {ns}.dead-letters  quorum queue bound "#" to the dead-letter exchange
 //! ```
@@ -31,6 +31,8 @@ pub const NORMALIZER: &str = "normalizer";
 pub const CRM_WRITER: &str = "crm-writer";
 /// Stage name of the email writer (`canonical.*` → the email platform).
 pub const EMAIL_WRITER: &str = "email-writer";
+/// Routing key of the crm-writer's report on a contact it wrote (`handoff.v1.Synced`).
+pub const CRM_CONTACT_SYNCED: &str = "crm.contact.synced";
 
 /// Names of every exchange and queue for one namespace, and the stages that consume.
 ///
@@ -60,13 +62,15 @@ impl Topology {
 
     /// The product's stages: the `normalizer` consumes every raw event (`raw.#`); the
     /// `crm-writer` and the `email-writer` each consume every canonical event
-    /// (`canonical.#`). Every service declares all of them, so whatever one stage
+    /// (`canonical.#`); the `email-writer` also takes the crm-writer's reports
+    /// (`crm.contact.synced`: the CRM ids of the contacts it wrote, for its
+    /// members). Every service declares all of them, so whatever one stage
     /// publishes is routable and waits for the next even before it has started.
     pub fn v1(namespace: impl Into<String>) -> Self {
         Self::new(namespace)
             .with_stage(NORMALIZER, &["raw.#"])
             .with_stage(CRM_WRITER, &["canonical.#"])
-            .with_stage(EMAIL_WRITER, &["canonical.#"])
+            .with_stage(EMAIL_WRITER, &["canonical.#", CRM_CONTACT_SYNCED])
     }
 
     /// Adds a stage (or replaces its binding keys if it is already there).
@@ -146,14 +150,21 @@ pub(crate) fn tier_label(delay: Duration) -> String {
     }
 }
 
-/// The smallest tier at least `delay` long, or the largest tier; `None` without tiers.
+/// The largest tier not longer than `delay`, or the smallest tier when `delay` is
+/// shorter than all of them (never early); `None` without tiers.
+///
+/// Rounding up to a tier would turn 1.3 s into 5 s and erase a backoff's jitter;
+/// instead a message waits the largest tier that fits and the consumer sends it on
+/// through further tiers until less than the smallest tier is left of its
+/// `x-handoff-not-before`, and waits that out in-process (13 s with tiers 1, 5, 30 s:
+/// 5 + 5 + 1 + 1 + 1, then under a second in the consumer).
 pub(crate) fn pick_tier(tiers: &[Duration], delay: Duration) -> Option<Duration> {
     tiers
         .iter()
         .copied()
-        .filter(|t| *t >= delay)
-        .min()
-        .or_else(|| tiers.iter().copied().max())
+        .filter(|t| *t <= delay)
+        .max()
+        .or_else(|| tiers.iter().copied().min())
 }
 
 pub(crate) fn short(s: &str) -> Result<ShortString, BusError> {
@@ -346,7 +357,10 @@ mod tests {
             vec!["normalizer", "crm-writer", "email-writer"]
         );
         assert_eq!(t.binding_keys("normalizer"), ["raw.#".to_owned()]);
-        assert_eq!(t.binding_keys("email-writer"), ["canonical.#".to_owned()]);
+        assert_eq!(
+            t.binding_keys("email-writer"),
+            ["canonical.#".to_owned(), "crm.contact.synced".to_owned()]
+        );
         assert!(Topology::new("x").stages().next().is_none());
     }
 
@@ -376,14 +390,36 @@ mod tests {
     }
 
     #[test]
-    fn retries_pick_the_smallest_sufficient_tier() {
+    fn retries_pick_the_largest_tier_that_fits() {
         let tiers = BusConfig::default().retry_delays;
         let s = Duration::from_secs;
-        assert_eq!(pick_tier(&tiers, Duration::ZERO), Some(s(1)));
+        let ms = Duration::from_millis;
+        assert_eq!(pick_tier(&tiers, Duration::ZERO), Some(ms(200)));
+        assert_eq!(pick_tier(&tiers, ms(150)), Some(ms(200)), "never early");
+        assert_eq!(pick_tier(&tiers, ms(200)), Some(ms(200)));
+        assert_eq!(pick_tier(&tiers, ms(999)), Some(ms(200)));
         assert_eq!(pick_tier(&tiers, s(1)), Some(s(1)));
-        assert_eq!(pick_tier(&tiers, Duration::from_millis(1001)), Some(s(5)));
-        assert_eq!(pick_tier(&tiers, s(45)), Some(s(120)));
+        assert_eq!(pick_tier(&tiers, ms(1300)), Some(s(1)));
+        assert_eq!(pick_tier(&tiers, s(45)), Some(s(30)));
         assert_eq!(pick_tier(&tiers, s(3600)), Some(s(600)));
         assert_eq!(pick_tier(&[], s(1)), None);
+    }
+
+    #[test]
+    fn a_long_delay_hops_through_tiers_and_arrives_within_the_smallest() {
+        let tiers = [1, 5, 30].map(Duration::from_secs);
+        let hops = |delay: Duration| {
+            let mut left = delay;
+            let mut hops = Vec::new();
+            while !left.is_zero() {
+                let tier = pick_tier(&tiers, left).expect("tiers");
+                hops.push(tier.as_secs());
+                left = left.saturating_sub(tier);
+            }
+            hops
+        };
+        assert_eq!(hops(Duration::from_secs(13)), vec![5, 5, 1, 1, 1]);
+        assert_eq!(hops(Duration::from_millis(1300)), vec![1, 1]);
+        assert_eq!(hops(Duration::from_secs(75)), vec![30, 30, 5, 5, 5]);
     }
 }

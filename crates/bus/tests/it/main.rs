@@ -10,6 +10,8 @@
 //! - `reconnect.rs`: broker unreachable, connection cut and restored.
 //! - `consumer.rs`: ack, retry through a delay tier, dead letters, retries exhausted,
 //!   delivery limit, panics, shutdown with messages in flight.
+//! - `delays.rs`: precise delays by hopping through tiers, `Defer` without using up
+//!   attempts, never early.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use handoff_bus::{Bus, BusConfig, OutgoingMessage, Topology};
 use tokio_util::sync::CancellationToken;
 
 mod consumer;
+mod delays;
 mod publish;
 mod reconnect;
 mod topology;
