@@ -9,7 +9,12 @@
 //! - `stale.rs`: [`StaleGuard`], the newest `occurred_at` per (destination, record) in Redis, so
 //!   an older event never overwrites a newer one.
 //! - `pacing.rs`: [`Pacer`], a GCRA rate limiter per (destination, credential) in Redis, shared
-//!   by every replica, with [`Pacer::penalize`] after a 429.
+//!   by every replica, whose rate adapts: down after a 429 ([`Pacer::penalize`]), back up after
+//!   clean periods, slower when the vendor's headers say few requests are left
+//!   ([`Pacer::observe`]).
+//! - `auth.rs`: [`Credentials`] from [`AuthConfig`], static tokens and OAuth2 access tokens
+//!   refreshed ahead of expiry, one token shared by every replica through Redis; secrets from
+//!   env or mounted files ([`SecretSource`]), never logged.
 //! - `ownership.rs`: [`OwnershipConfig`], which system owns which destination field;
 //!   [`OwnershipConfig::writable`] drops the fields a writer does not own (pure).
 //! - `ratelimit_headers.rs`: [`RateInfo`], a vendor's rate-limit headers (HubSpot's
@@ -18,18 +23,27 @@
 //!
 //! Redis keys all carry the namespace prefix (`"{ns}:..."`), like the idempotency store's.
 
+mod auth;
 mod backoff;
 mod classify;
+mod engine;
 mod ownership;
 mod pacing;
 mod ratelimit_headers;
 mod redis_handle;
+mod rest;
 mod stale;
 
+pub use auth::{AuthConfig, AuthError, Credentials, OAuthGrant, SecretSource};
 pub use backoff::{GiveUpReason, RetryDecision, RetryPolicy};
 pub use classify::{IoFailure, Vendor, Verdict, classify, classify_at, parse_retry_after};
+pub use engine::{ApiRequest, ApiResponse, CallError, Destination, HttpConfig};
 pub use ownership::{Filtered, OwnershipConfig};
 pub use pacing::{PaceKey, Pacer, PacingConfig, PacingError};
 pub use ratelimit_headers::RateInfo;
 pub use redis_handle::RedisHandle;
-pub use stale::{Admission, StaleConfig, StaleError, StaleGuard};
+pub use rest::{
+    EventMeta, RenderError, RenderedRequest, RestConfig, RestRoute, RestRouteConfig, RestRoutes,
+    event_view,
+};
+pub use stale::{Admission, FieldAdmission, StaleConfig, StaleError, StaleGuard};

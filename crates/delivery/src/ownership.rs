@@ -6,7 +6,7 @@
 //! would write: a field owned by a system other than the event's writer is skipped (and returned,
 //! so the caller can count it); a field the writer owns, or that nobody owns, is written. The
 //! destination's own system (`"crm"` for HubSpot) is never the writer of a pipeline event, so
-//! the fields it owns (the record owner, the deal stage) are never overwritten.
+//! the fields it owns (the record owner, the lead status) are never overwritten.
 //!
 //! Pure: no I/O, no clock.
 
@@ -22,7 +22,9 @@ pub struct OwnershipConfig {
     /// the defaults as a whole rather than merging with them, so the file alone says which
     /// fields are protected. The default protects HubSpot's fields:
     ///
-    /// - `crm`: `hubspot_owner_id` and `dealstage`, which sales people set by hand in the CRM;
+    /// - `crm`: `hubspot_owner_id` and `hs_lead_status`, the record owner and the sales stage of
+    ///   working a lead, which sales people set by hand in the CRM (the deal stage is not here:
+    ///   the pipeline's events, a conversion or a stage change, are what move deals);
     /// - `marketing`: `hs_marketable_status` (the opt-in) and the original-source fields
     ///   `hs_analytics_source`, `hs_analytics_source_data_1`, `hs_analytics_source_data_2`,
     ///   which the marketing forms set at first touch;
@@ -34,7 +36,7 @@ impl Default for OwnershipConfig {
     fn default() -> Self {
         let hubspot = [
             ("hubspot_owner_id", "crm"),
-            ("dealstage", "crm"),
+            ("hs_lead_status", "crm"),
             ("hs_marketable_status", "marketing"),
             ("hs_analytics_source", "marketing"),
             ("hs_analytics_source_data_1", "marketing"),
@@ -151,7 +153,7 @@ mod tests {
                 &["email", "firstname"],
                 &[],
             ),
-            // The CRM owns the record owner and the deal stage: nobody else writes them.
+            // The CRM owns the record owner and the lead status: nobody else writes them.
             (
                 "hubspot",
                 "billing",
@@ -162,16 +164,16 @@ mod tests {
             (
                 "hubspot",
                 "marketing",
-                &[("dealstage", "closedwon"), ("email", "a@x.io")],
+                &[("hs_lead_status", "OPEN"), ("email", "a@x.io")],
                 &["email"],
-                &[("dealstage", "crm")],
+                &[("hs_lead_status", "crm")],
             ),
             (
                 "hubspot",
                 "handoff",
-                &[("dealstage", "closedwon")],
-                &[],
-                &[("dealstage", "crm")],
+                &[("hs_lead_status", "OPEN"), ("dealstage", "closedwon")],
+                &["dealstage"],
+                &[("hs_lead_status", "crm")],
             ),
             // Marketing owns the opt-in and original source.
             (

@@ -9,6 +9,11 @@
 //! (`lua/stale_admit.lua`), so concurrent writers on several replicas cannot interleave between
 //! the read and the write.
 //!
+//! [`StaleGuard::admit_fields`] does the same per field (`"f:<field>"` in the same hash,
+//! `lua/stale_admit_fields.lua`): an older event may still fill in fields no newer event has
+//! written, so events that carry different parts of a record (a lead's name, a later meeting's
+//! stage) all land whatever order they arrive in, and no field ever goes back in time.
+//!
 //! The mark is set when the update is admitted, before the destination has applied it. An update
 //! that then fails permanently (and is dead-lettered) still holds the mark, so an older event is
 //! skipped even though the newer one never landed: replaying the dead letter (which has the newer
@@ -25,6 +30,8 @@ use crate::RedisHandle;
 
 static STALE_ADMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/stale_admit.lua")));
+static STALE_ADMIT_FIELDS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/stale_admit_fields.lua")));
 
 /// The largest `|occurred_at|` the guard accepts: Lua compares numbers as doubles, which hold
 /// every integer up to 2^53 exactly (about 285,000 years of milliseconds).
@@ -72,6 +79,17 @@ pub enum Admission {
 }
 
 /// Why [`StaleGuard::admit`] could not decide.
+/// The verdict of [`StaleGuard::admit_fields`] on one update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldAdmission {
+    /// Fields no newer event has written: write them.
+    pub apply: Vec<String>,
+    /// Fields a newer event has written: leave them out (and count them).
+    pub stale: Vec<String>,
+    /// The newest `occurred_at` (ms) among the stale fields' marks; 0 when none is stale.
+    pub newer_seen: i64,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StaleError {
     /// Redis could not be reached or answered with an error; see [`StoreError::is_transient`].
@@ -133,19 +151,7 @@ impl StaleGuard {
         occurred_at_millis: i64,
         event_id: &str,
     ) -> Result<Admission, StaleError> {
-        if destination.is_empty() || destination.contains(':') {
-            return Err(StaleError::InvalidInput(format!(
-                "destination {destination:?} must be non-empty and free of ':'"
-            )));
-        }
-        if record_key.is_empty() {
-            return Err(StaleError::InvalidInput("empty record key".to_owned()));
-        }
-        if occurred_at_millis.unsigned_abs() > MAX_OCCURRED_AT.unsigned_abs() {
-            return Err(StaleError::InvalidInput(format!(
-                "occurred_at {occurred_at_millis} ms is out of range"
-            )));
-        }
+        check_input(destination, record_key, occurred_at_millis)?;
         let key = self.key(destination, record_key);
         let mut invocation = STALE_ADMIT.key(&key);
         invocation
@@ -162,6 +168,61 @@ impl StaleGuard {
             Ok(Admission::Stale { newer_seen: at })
         }
     }
+
+    /// Per field of one update of `record_key` at `destination`: which fields apply (no newer
+    /// event wrote them; they take `occurred_at_millis` as their mark) and which are stale. One
+    /// atomic script, like [`StaleGuard::admit`].
+    pub async fn admit_fields(
+        &self,
+        destination: &str,
+        record_key: &str,
+        occurred_at_millis: i64,
+        event_id: &str,
+        fields: &[&str],
+    ) -> Result<FieldAdmission, StaleError> {
+        check_input(destination, record_key, occurred_at_millis)?;
+        if fields.is_empty() {
+            return Ok(FieldAdmission::default());
+        }
+        let key = self.key(destination, record_key);
+        let mut invocation = STALE_ADMIT_FIELDS.key(&key);
+        invocation
+            .arg(occurred_at_millis)
+            .arg(self.ttl_ms)
+            .arg(event_id)
+            .arg(fields);
+        let (apply, stale, newer_seen): (Vec<String>, Vec<String>, i64) = self
+            .redis
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await?;
+        Ok(FieldAdmission {
+            apply,
+            stale,
+            newer_seen,
+        })
+    }
+}
+
+/// The checks both admissions make before touching Redis.
+fn check_input(
+    destination: &str,
+    record_key: &str,
+    occurred_at_millis: i64,
+) -> Result<(), StaleError> {
+    if destination.is_empty() || destination.contains(':') {
+        return Err(StaleError::InvalidInput(format!(
+            "destination {destination:?} must be non-empty and free of ':'"
+        )));
+    }
+    if record_key.is_empty() {
+        return Err(StaleError::InvalidInput("empty record key".to_owned()));
+    }
+    if occurred_at_millis.unsigned_abs() > MAX_OCCURRED_AT.unsigned_abs() {
+        return Err(StaleError::InvalidInput(format!(
+            "occurred_at {occurred_at_millis} ms is out of range"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! default `redis://127.0.0.1:6379/`). Every test works under its own random namespace and deletes
 //! its keys at the end; keys a failed test leaves behind all carry TTLs.
 
+mod auth;
 mod pacing;
+mod rest;
 mod stale;
 
 use std::time::Duration;
