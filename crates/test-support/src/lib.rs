@@ -70,11 +70,24 @@ pub fn url_via(url: &str, addr: SocketAddr) -> String {
 
 /// A direct broker connection (never through a test's proxy) to the
 /// namespace's v1 topology (declared if missing), for publishing into and
-/// looking into its queues.
+/// looking into its queues. Its teardown removes the delay queues of the
+/// default retry tiers; a test whose services use other tiers takes
+/// [`inspector_with`] so that none of its queues outlive it (each one left
+/// behind holds broker file handles, and RabbitMQ stops accepting
+/// connections when they run out).
 pub async fn inspector(namespace: &str) -> handoff_bus::Bus {
+    inspector_with(namespace, &handoff_bus::BusConfig::default().retry_delays).await
+}
+
+/// [`inspector`] for services that run with the retry tiers `retry_delays`.
+pub async fn inspector_with(
+    namespace: &str,
+    retry_delays: &[std::time::Duration],
+) -> handoff_bus::Bus {
     let bus = handoff_bus::Bus::start(
         handoff_bus::BusConfig {
             url: amqp_url(),
+            retry_delays: retry_delays.to_vec(),
             ..handoff_bus::BusConfig::default()
         },
         handoff_bus::Topology::v1(namespace),
@@ -100,7 +113,9 @@ pub async fn drain_queue(inspector: &handoff_bus::Bus, queue: &str) -> Vec<hando
 
 /// Deletes the namespace's queues, exchanges and Redis keys.
 pub async fn remove_namespace(inspector: handoff_bus::Bus, namespace: &str) {
-    let _ = inspector.teardown().await;
+    if let Err(err) = inspector.teardown().await {
+        eprintln!("tearing down namespace {namespace}: {err}");
+    }
     inspector.close().await;
     cleanup_redis(namespace).await;
 }
@@ -233,5 +248,55 @@ mod tests {
             host_port("amqp://guest:guest@localhost:5672/%2f", 1).port(),
             5672
         );
+    }
+}
+
+/// Removes a test's namespace when dropped unless [`TeardownOnDrop::disarm`]ed: the safety net
+/// for a test that panics before its own cleanup, so its queues do not outlive it (leftover quorum
+/// queues hold broker file handles, and RabbitMQ stops accepting connections when they run out).
+/// The cleanup runs on a thread of its own with its own runtime, since `Drop` cannot await.
+#[derive(Debug)]
+pub struct TeardownOnDrop {
+    namespace: String,
+    retry_delays: Vec<std::time::Duration>,
+    armed: bool,
+}
+
+impl TeardownOnDrop {
+    /// Guards `namespace`, whose services use the retry tiers `retry_delays`.
+    pub fn new(namespace: &str, retry_delays: &[std::time::Duration]) -> Self {
+        TeardownOnDrop {
+            namespace: namespace.to_owned(),
+            retry_delays: retry_delays.to_vec(),
+            armed: true,
+        }
+    }
+
+    /// The test cleaned up itself; nothing left to do on drop.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TeardownOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let namespace = self.namespace.clone();
+        let tiers = self.retry_delays.clone();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let inspector = inspector_with(&namespace, &tiers).await;
+                remove_namespace(inspector, &namespace).await;
+            });
+        });
+        let _ = cleanup.join();
     }
 }

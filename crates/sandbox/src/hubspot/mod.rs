@@ -29,7 +29,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, from_fn_with_state};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use tokio::time::Instant;
 
@@ -158,6 +158,17 @@ fn dropped() -> Response {
 
 /// Injected faults first, then the routes; every request ends up in the request log.
 async fn faults_and_log(State(sb): State<Sandbox>, req: Request, next: Next) -> Response {
+    // A client that gives up (its own timeout) drops this future with its connection. The real
+    // service would still finish the request, and the log must still say what it did (writes of
+    // a request whose answer never arrived are exactly what tests count), so the work runs on a
+    // task of its own that a disconnect does not cancel.
+    match tokio::spawn(serve_faulted_and_logged(sb, req, next)).await {
+        Ok(response) => response,
+        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn serve_faulted_and_logged(sb: Sandbox, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let at = crate::clock::now_iso();
     let method = req.method().to_string();
