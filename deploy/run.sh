@@ -9,6 +9,7 @@ RUN_DIR=.run
 API=http://127.0.0.1:8080
 ADMIN=http://127.0.0.1:9090
 NORMALIZER_ADMIN=http://127.0.0.1:9091
+CRM_WRITER_ADMIN=http://127.0.0.1:9092
 SANDBOX=http://127.0.0.1:8090
 SANDBOX_ADMIN=http://127.0.0.1:9190
 mkdir -p "$RUN_DIR"
@@ -17,7 +18,7 @@ log() { printf '==> %s\n' "$*"; }
 
 log "Building (release)"
 # Only the services: the bench and test tools are not needed to run.
-cargo build --release --quiet -p handoff-ingest -p handoff-normalizer -p handoff-sandbox
+cargo build --release --quiet -p handoff-ingest -p handoff-normalizer -p handoff-crm-writer -p handoff-sandbox
 
 # A development key, made once and kept, so the printed curl line keeps working.
 if [[ ! -s $RUN_DIR/dev-api-key ]]; then
@@ -58,6 +59,21 @@ listen = "127.0.0.1:9091"
 log_format = "json"
 TOML
 
+cat >"$RUN_DIR/crm-writer.toml" <<TOML
+# Written by deploy/run.sh for local development: the sandbox CRM on 8090.
+# crates/crm-writer/crm-writer.example.toml lists every setting with its default.
+namespace = "handoff"
+
+[admin]
+listen = "127.0.0.1:9092"
+
+[telemetry]
+log_format = "json"
+
+[hubspot]
+base_url = "$SANDBOX"
+TOML
+
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -91,9 +107,15 @@ pids+=($!)
 log "Starting normalizer (logs: $RUN_DIR/normalizer.log)"
 HANDOFF_CONFIG=$RUN_DIR/normalizer.toml target/release/handoff-normalizer >>"$RUN_DIR/normalizer.log" 2>&1 &
 pids+=($!)
+log "Starting crm-writer (logs: $RUN_DIR/crm-writer.log)"
+# The sandbox's development token; a real portal's private-app token goes here instead.
+HUBSPOT_ACCESS_TOKEN=pat-local-dev HANDOFF_CONFIG=$RUN_DIR/crm-writer.toml \
+  target/release/handoff-crm-writer >>"$RUN_DIR/crm-writer.log" 2>&1 &
+pids+=($!)
 wait_ready ingest "$ADMIN" "$RUN_DIR/ingest.log"
 wait_ready normalizer "$NORMALIZER_ADMIN" "$RUN_DIR/normalizer.log"
 wait_ready sandbox "$SANDBOX_ADMIN" "$RUN_DIR/sandbox.log"
+wait_ready crm-writer "$CRM_WRITER_ADMIN" "$RUN_DIR/crm-writer.log"
 
 EVENT_ID="evt_demo_$(date +%s)"
 DEMO=$(sed "s/evt_2026_03_19_000123/$EVENT_ID/" deploy/demo-event.json)
@@ -104,6 +126,7 @@ cat <<INFO
     API        $API
     Admin      ingest $ADMIN/metrics  $ADMIN/readyz
                normalizer $NORMALIZER_ADMIN/metrics  $NORMALIZER_ADMIN/readyz
+               crm-writer $CRM_WRITER_ADMIN/metrics  $CRM_WRITER_ADMIN/readyz
     API key    $KEY   (publisher "dev", development only)
     Sandbox    $SANDBOX  (HubSpot CRM v3 stand-in, token pat-local-dev; records: $SANDBOX/_sandbox/records/contacts)
 
@@ -125,18 +148,23 @@ log "Demo: the same event again (a safe retry)"
 curl -sS -X POST "$API/v1/events/customer.converted" \
   -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$DEMO"
 echo
-# status EVENT_ID: polls the ledger until the normalizer has had its say, then prints it.
+# status EVENT_ID: polls the ledger until the crm-writer has had its say, then prints it.
 status() {
   local body=""
-  for _ in $(seq 1 40); do
+  for _ in $(seq 1 60); do
     body=$(curl -sS "$API/v1/events/$1" -H "Authorization: Bearer $KEY")
-    [[ $body == *'"normalizer"'* ]] && break
+    [[ $body == *'"crm-writer"'* ]] && break
     sleep 0.25
   done
   printf '%s\n' "$body"
 }
-log "Demo: GET /v1/events/$EVENT_ID (ingest accepted it, the normalizer published its canonical form)"
+log "Demo: GET /v1/events/$EVENT_ID (ingest accepted it, the normalizer published its canonical form, the crm-writer wrote it to the CRM)"
 status "$EVENT_ID"
+echo
+log "Demo: the CRM records it produced (the sandbox's view: GET $SANDBOX/_sandbox/records/{contacts,deals})"
+curl -sS "$SANDBOX/_sandbox/records/contacts"
+echo
+curl -sS "$SANDBOX/_sandbox/records/deals"
 echo
 
 MESSY_ID="evt_messy_$(date +%s)"

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "handoff/v1/events.proto",
         "handoff/v1/records.proto",
         "handoff/v1/dead_letter.proto",
+        "handoff/v1/synced.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", proto_root.join(file).display());

@@ -123,7 +123,7 @@ impl NormalizeHandler {
         };
         let body = match &envelope.payload {
             Some(Payload::Raw(raw)) => raw.body.as_slice(),
-            Some(Payload::Canonical(_)) | None => {
+            Some(Payload::Canonical(_) | Payload::Synced(_)) | None => {
                 let message = "the envelope carries no raw payload to normalize".to_owned();
                 return self
                     .reject(&id, ErrorClass::Undecodable, message, Vec::new())

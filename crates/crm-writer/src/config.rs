@@ -1,0 +1,277 @@
+//! The crm-writer's configuration: defaults that work against local RabbitMQ, Redis and the
+//! sandbox CRM, then an optional TOML file, then `HANDOFF_*` environment variables (see
+//! `handoff_kit::config`). `crm-writer.example.toml` beside this crate documents every key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use handoff_bus::BusConfig;
+use std::collections::BTreeMap;
+
+use handoff_delivery::{
+    AuthConfig, HttpConfig, OwnershipConfig, PacingConfig, RestConfig, RestRouteConfig,
+    RetryPolicy, SecretSource, StaleConfig,
+};
+use handoff_idempotency::{DedupeConfig, LedgerConfig, RedisConfig};
+use handoff_kit::admin::AdminConfig;
+use handoff_kit::config::{ConfigError, Validate, check_namespace};
+use handoff_kit::shutdown::ShutdownConfig;
+use handoff_kit::telemetry::TelemetryConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::routes::RoutesConfig;
+
+/// Everything the crm-writer reads at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Prefix of every exchange, queue and Redis key, so tenants and tests can share one broker.
+    pub namespace: String,
+    pub admin: AdminConfig,
+    pub bus: BusConfig,
+    pub redis: RedisConfig,
+    pub dedupe: DedupeConfig,
+    pub ledger: LedgerConfig,
+    pub shutdown: ShutdownConfig,
+    pub telemetry: TelemetryConfig,
+    /// Which destination the writer feeds: `hubspot` (the default) or `rest`.
+    pub adapter: AdapterKind,
+    /// The CRM: where it is, its credentials, its quota and timeouts.
+    pub hubspot: HubSpotSettings,
+    /// An internal tool instead of HubSpot (`adapter = "rest"`): its URL, credentials, quota and
+    /// request templates per event type.
+    pub rest: RestSettings,
+    /// Transient failures: full-jitter backoff through the broker's delay queues.
+    pub retry: RetryPolicy,
+    /// Which system owns which CRM field; a writer never overwrites another owner's field.
+    pub ownership: OwnershipConfig,
+    /// The stale-update guard's memory of each record's newest event.
+    pub stale: StaleConfig,
+    /// What each event type does in the CRM.
+    pub routes: RoutesConfig,
+}
+
+/// The destination kinds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterKind {
+    #[default]
+    HubSpot,
+    Rest,
+}
+
+/// `[rest]`: the generic REST adapter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestSettings {
+    /// The tool's API root; every route's path is joined under it.
+    pub base_url: String,
+    /// Headers sent with every request (a route's own header of the same name wins).
+    pub headers: BTreeMap<String, String>,
+    /// Per event type requests (`[[rest.routes]]`); an event type without one is acked unsent.
+    pub routes: Vec<RestRouteConfig>,
+    /// The default reads a bearer token from `REST_API_TOKEN`.
+    pub auth: AuthConfig,
+    pub pacing: PacingConfig,
+    pub http: HttpConfig,
+}
+
+impl Default for RestSettings {
+    fn default() -> Self {
+        RestSettings {
+            base_url: "http://127.0.0.1:8091/api".to_owned(),
+            headers: BTreeMap::new(),
+            routes: Vec::new(),
+            auth: AuthConfig::Static {
+                token: SecretSource {
+                    env: Some("REST_API_TOKEN".to_owned()),
+                    file: None::<PathBuf>,
+                    value: None,
+                },
+            },
+            pacing: PacingConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl RestSettings {
+    /// The template part, as the delivery crate compiles it.
+    pub fn templates(&self) -> RestConfig {
+        RestConfig {
+            base_url: self.base_url.clone(),
+            headers: self.headers.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+/// `[hubspot]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubSpotSettings {
+    /// HubSpot's API (`https://api.hubapi.com`); the sandbox by default.
+    pub base_url: String,
+    /// `kind = "static"` with a private-app token, or `kind = "oauth2"`. The default reads a
+    /// private-app token from `HUBSPOT_ACCESS_TOKEN`.
+    pub auth: AuthConfig,
+    /// The portal's quota, shared by every replica through Redis.
+    pub pacing: PacingConfig,
+    pub http: HttpConfig,
+}
+
+impl Default for HubSpotSettings {
+    fn default() -> Self {
+        HubSpotSettings {
+            base_url: "http://127.0.0.1:8090".to_owned(),
+            auth: AuthConfig::Static {
+                token: SecretSource {
+                    env: Some("HUBSPOT_ACCESS_TOKEN".to_owned()),
+                    file: None::<PathBuf>,
+                    value: None,
+                },
+            },
+            pacing: PacingConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "handoff".to_owned(),
+            // 9090 ingest, 9091 normalizer: each service has its own so `make run` fits one host.
+            admin: AdminConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            },
+            bus: BusConfig::default(),
+            redis: RedisConfig::default(),
+            // The lease must outlast one event's writes, 429 waits included
+            // (`http.max_rate_limit_wait`, 60 s by default), or a redelivery could write twice.
+            dedupe: DedupeConfig {
+                lease: std::time::Duration::from_secs(180),
+                ..DedupeConfig::default()
+            },
+            ledger: LedgerConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            adapter: AdapterKind::default(),
+            hubspot: HubSpotSettings::default(),
+            rest: RestSettings::default(),
+            retry: RetryPolicy::default(),
+            ownership: OwnershipConfig::default(),
+            stale: StaleConfig::default(),
+            routes: RoutesConfig::default(),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_namespace(&self.namespace)?;
+        let check = |key: &str, result: Result<(), String>| {
+            result.map_err(|reason| ConfigError::invalid(key, reason))
+        };
+        check("bus", self.bus.validate())?;
+        check("redis", self.redis.check())?;
+        if !(self.hubspot.base_url.starts_with("http://")
+            || self.hubspot.base_url.starts_with("https://"))
+        {
+            return Err(ConfigError::invalid(
+                "hubspot.base_url",
+                format!("{:?} is not an http(s) URL", self.hubspot.base_url),
+            ));
+        }
+        match self.adapter {
+            AdapterKind::HubSpot => check("hubspot.auth", self.hubspot.auth.validate())?,
+            AdapterKind::Rest => {
+                check("rest", self.rest.templates().validate())?;
+                for route in &self.rest.routes {
+                    if route
+                        .event_type
+                        .parse::<handoff_events::EventType>()
+                        .is_err()
+                    {
+                        return Err(ConfigError::invalid(
+                            "rest.routes",
+                            format!("{:?} is not an event type", route.event_type),
+                        ));
+                    }
+                }
+                check("rest.auth", self.rest.auth.validate())?;
+                check("rest.pacing", self.rest.pacing.validate())?;
+                check("rest.http", self.rest.http.validate())?;
+            }
+        }
+        check("hubspot.pacing", self.hubspot.pacing.validate())?;
+        check("hubspot.http", self.hubspot.http.validate())?;
+        check("retry", self.retry.validate())?;
+        check("ownership", self.ownership.validate())?;
+        check("stale", self.stale.validate())?;
+        check("routes", self.routes.validate())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_bad_value_fails_with_its_key_named() {
+        let err = handoff_kit::config::load_with_env::<Config>(
+            None,
+            &[("HANDOFF_RETRY__MAX_ATTEMPTS", "0")],
+        )
+        .expect_err("zero attempts");
+        assert!(err.to_string().starts_with("retry"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crm-writer.example.toml");
+        let cfg: Config = handoff_kit::config::load_with_env(Some(std::path::Path::new(path)), &[])
+            .expect("the example loads and validates");
+        let defaults = Config::default();
+        assert_eq!(cfg.hubspot.pacing, defaults.hubspot.pacing);
+        assert_eq!(cfg.hubspot.http, defaults.hubspot.http);
+        assert_eq!(cfg.retry, defaults.retry);
+        assert_eq!(cfg.dedupe, defaults.dedupe);
+        assert_eq!(cfg.ownership, defaults.ownership);
+        assert_eq!(cfg.routes, defaults.routes);
+        assert_eq!(cfg.stale, defaults.stale);
+    }
+
+    #[test]
+    fn a_rest_route_for_an_unknown_event_type_fails() {
+        let toml = r#"
+            adapter = "rest"
+            [[rest.routes]]
+            event_type = "lead.create"
+            method = "POST"
+            path = "/leads"
+        "#;
+        let path = std::env::temp_dir().join(format!("crm-writer-{}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("write");
+        let err = handoff_kit::config::load_with_env::<Config>(Some(&path), &[])
+            .expect_err("typo in the event type");
+        let _ = std::fs::remove_file(&path);
+        assert!(err.to_string().contains("lead.create"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_the_crm_url() {
+        let cfg: Config = handoff_kit::config::load_with_env(
+            None,
+            &[("HANDOFF_HUBSPOT__BASE_URL", "https://api.hubapi.com")],
+        )
+        .expect("load");
+        assert_eq!(cfg.hubspot.base_url, "https://api.hubapi.com");
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the crm-writer against the real broker, Redis and the sandbox CRM.
+
+mod crash;
+mod failures;
+mod helpers;
+mod quota;
+mod routes;
