@@ -166,6 +166,7 @@ curl -sS "$SANDBOX/_sandbox/records/contacts"
 echo
 curl -sS "$SANDBOX/_sandbox/records/deals"
 echo
+log "(No plan on the contact: [ownership] says billing owns it, and this event's source is \"crm\". The writer's log says so at debug level.)"
 
 MESSY_ID="evt_messy_$(date +%s)"
 MESSY=$(sed "s/evt_2026_03_19_000124/$MESSY_ID/" deploy/demo-messy.json)

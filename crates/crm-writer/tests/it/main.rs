@@ -4,4 +4,5 @@ mod crash;
 mod failures;
 mod helpers;
 mod quota;
+mod rest;
 mod routes;
