@@ -321,11 +321,20 @@ impl Destination {
                 Verdict::Reauthenticate if !refreshed => {
                     self.count(op, "reauthenticate");
                     refreshed = true;
-                    inner
-                        .credentials
-                        .after_rejection(&token)
-                        .await
-                        .map_err(|err| auth_error(op, &err))?;
+                    if let Err(err) = inner.credentials.after_rejection(&token).await {
+                        let refused = CallError::Permanent {
+                            operation: op,
+                            status: Some(status),
+                            reason: format!(
+                                "{status}: the credentials were refused and could not be renewed: {err}"
+                            ),
+                        };
+                        return Err(if err.is_transient() {
+                            auth_error(op, &err)
+                        } else {
+                            refused
+                        });
+                    }
                 }
                 Verdict::Reauthenticate => {
                     self.count(op, "permanent");
