@@ -355,3 +355,45 @@ async fn an_undecodable_message_is_dead_lettered_and_the_writer_keeps_running() 
         .await;
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_dead_letter_with_the_attempt_history() {
+    let world = World::start_with(|cfg| {
+        cfg.retry.max_attempts = 3;
+    })
+    .await;
+    world.sandbox.set_faults(FaultConfig {
+        outage: Some(Outage {
+            for_: Duration::from_secs(600),
+            status: 502,
+            retry_after: None,
+        }),
+        ..FaultConfig::default()
+    });
+    world
+        .publish(&contact_updated(
+            "gives-up",
+            T0,
+            "gives.up@example.com",
+            "PM",
+        ))
+        .await;
+    let letters = world.dead_letters(1, Duration::from_secs(20)).await;
+    let letter = &letters[0];
+    assert_eq!(letter.error_class(), ErrorClass::RetriesExhausted);
+    assert!(
+        letter.error_message.starts_with("gave up after 3 attempts"),
+        "{}",
+        letter.error_message
+    );
+    assert_eq!(letter.attempts.len(), 3, "{:?}", letter.attempts);
+    for (n, attempt) in letter.attempts.iter().enumerate() {
+        assert_eq!(attempt.number as usize, n + 1);
+        assert!(attempt.error.contains("502"), "{}", attempt.error);
+    }
+    assert!(letter.first_failed_at.is_some());
+    world
+        .wait_ledger("gives-up", "dead_lettered", Duration::from_secs(5))
+        .await;
+    world.finish().await;
+}
