@@ -221,3 +221,51 @@ async fn a_shared_connection_works_too() {
     );
     fx.cleanup().await;
 }
+
+#[tokio::test]
+async fn per_field_an_older_event_fills_only_fields_no_newer_event_wrote() {
+    let mut fx = Fixture::new().await;
+    let guard = guard(&fx);
+    let record = "contact:email:ada@example.com";
+    // The newer event (a meeting) arrives first and writes the stage.
+    let newer = guard
+        .admit_fields(
+            "hubspot",
+            record,
+            T + 60_000,
+            "meeting",
+            &["dealstage", "jobtitle"],
+        )
+        .await
+        .expect("admit");
+    assert_eq!(newer.apply, ["dealstage", "jobtitle"]);
+    assert!(newer.stale.is_empty());
+    assert_eq!(newer.newer_seen, 0);
+    // The older lead arrives late: its name still lands, its job title does not go back.
+    let older = guard
+        .admit_fields("hubspot", record, T, "lead", &["firstname", "jobtitle"])
+        .await
+        .expect("admit");
+    assert_eq!(older.apply, ["firstname"]);
+    assert_eq!(older.stale, ["jobtitle"]);
+    assert_eq!(older.newer_seen, T + 60_000);
+    let key = guard.key("hubspot", record);
+    assert_eq!(
+        fx.hget(&key, "f:jobtitle").await,
+        Some((T + 60_000).to_string())
+    );
+    assert_eq!(fx.hget(&key, "f:firstname").await, Some(T.to_string()));
+    // A redelivery of the newer event applies again (equal is not stale).
+    let again = guard
+        .admit_fields("hubspot", record, T + 60_000, "meeting", &["dealstage"])
+        .await
+        .expect("admit");
+    assert_eq!(again.apply, ["dealstage"]);
+    // Nothing asked, nothing touched.
+    let none = guard
+        .admit_fields("hubspot", record, T, "x", &[])
+        .await
+        .expect("admit");
+    assert_eq!(none, Default::default());
+    fx.cleanup().await;
+}
