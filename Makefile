@@ -26,5 +26,5 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## Format the code
 	cargo fmt --all
 
-bench: services ## Throughput and latency of ingest beside the bare broker (prints figures, never fails on time)
+bench: services ## Throughput, latency, CPU and RSS of every service beside the broker's own ceilings (prints figures, never fails on time)
 	cargo build --release --bins && cargo run --release -p handoff-bench

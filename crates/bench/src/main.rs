@@ -1,9 +1,9 @@
 //! `handoff-bench` (`make bench`): how much of the broker's capacity each
 //! Handoff service turns into work on this machine.
 //!
-//! Six scenarios in three parts, each service beside a bare-broker ceiling
+//! Seven scenarios in four parts, each service beside a bare-broker ceiling
 //! that does the same broker work with plain lapin, each counted against what
-//! it should have left in RabbitMQ:
+//! it should have left in RabbitMQ (and, for the crm-writer, in the CRM):
 //!
 //! Part `ingest` (`--only ingest`):
 //!
@@ -16,26 +16,37 @@
 //!
 //! Part `normalizer` (`--only normalizer`):
 //!
-//! - [4/6] **relay ceiling** ([`relay`]): a plain lapin consumer at the
+//! - [4/7] **relay ceiling** ([`relay`]): a plain lapin consumer at the
 //!   normalizer's prefetch draining a preloaded backlog of raw envelopes,
 //!   publishing one canonical-sized message per delivery with a confirm and
 //!   acking after it.
-//! - [5/6] **normalizer service** ([`normalizer`]): the real release binary
+//! - [5/7] **normalizer service** ([`normalizer`]): the real release binary
 //!   draining the same backlog, preloaded before it starts.
 //!
 //! Part `normalize` (`--only normalize`):
 //!
-//! - [6/6] **pure normalization cost** ([`cost`]): `handoff_normalize`
+//! - [6/7] **pure normalization cost** ([`cost`]): `handoff_normalize`
 //!   in-process on the seed body and a messy variant, µs per event.
+//!
+//! Part `delivery` (`--only delivery`):
+//!
+//! - [7/7] **crm-writer delivery** ([`delivery`]): the real release binary
+//!   writing a preloaded backlog of canonical `contact.updated` events into
+//!   the sandbox CRM (its release binary too), (a) with no quota in the way,
+//!   beside the relay ceiling [4/7] (run for it when the normalizer part is
+//!   not), then (b) under HubSpot's quota of 100 requests per 10 s with the
+//!   writer's default pacing: the share of the quota it uses and of its
+//!   requests answered 429.
 //!
 //! It prints events/s, p50/p99 latency and each service's ratio to its
 //! ceiling with the target beside it, then the CPU every process burned
-//! ([`procs`]), the services' peak memory, the queue checks and the
-//! normalization cost. It never fails on a figure; it exits non-zero when
-//! something is actually wrong: a service does not start, a request or
-//! publish is refused, or a queue does not hold exactly what was
-//! acknowledged (ingest's stage queue; both writer queues after the
-//! normalizer, with nothing dead-lettered).
+//! ([`procs`]), the services' peak memory, the queue checks, the
+//! normalization cost and the crm-writer's use of the quota. It never fails on
+//! a figure; it exits non-zero when something is actually wrong: a service
+//! does not start, a request or publish is refused, or a queue does not hold
+//! exactly what was acknowledged (ingest's stage queue; both writer queues
+//! after the normalizer, with nothing dead-lettered; after the crm-writer, an
+//! empty queue, one CRM record and one `delivered` ledger entry per event).
 //!
 //! Run it with `make bench`, or after `cargo build --release --bins`:
 //! `cargo run --release -p handoff-bench -- --events 5000 --concurrency 32`,
@@ -48,6 +59,7 @@
 
 mod ceiling;
 mod cost;
+mod delivery;
 mod ingest;
 mod load;
 mod measure;
@@ -55,6 +67,7 @@ mod normalizer;
 mod options;
 mod payload;
 mod procs;
+mod prometheus;
 mod queues;
 mod relay;
 mod report;
@@ -69,6 +82,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ceiling::Ceiling;
 use crate::cost::Cost;
+use crate::delivery::{Quota, Throughput};
 use crate::ingest::Ingest;
 use crate::load::{Endpoint, Job, Plan};
 use crate::measure::Measured;
@@ -135,7 +149,7 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
     let mut problems = Vec::new();
 
     let parts = opts.only;
-    if parts.ingest || parts.normalizer {
+    if parts.ingest || parts.normalizer || parts.delivery {
         println!(
             "handoff-bench: {} events per scenario (at most {} s each), concurrency {}, \
              batches of {} at concurrency {}, {} warm-up requests",
@@ -147,8 +161,8 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
             thousands(opts.warmup as u64),
         );
         println!(
-            "machine: {cores} cores, shared by the service under test, RabbitMQ, Redis and this \
-             bench process; RabbitMQ {} and Redis {} watched for CPU",
+            "machine: {cores} cores, shared by the service under test, RabbitMQ, Redis, the \
+             sandbox CRM and this bench process; RabbitMQ {} and Redis {} watched for CPU",
             found(&watched.broker),
             found(&watched.redis),
         );
@@ -168,11 +182,27 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
     };
     let costs = if parts.normalize {
         println!(
-            "\n[6/6] pure normalization cost: handoff_normalize in-process, {} calls per body \
+            "\n[6/7] pure normalization cost: handoff_normalize in-process, {} calls per body \
              after warm-up…",
             thousands(opts.iterations as u64)
         );
         Some(cost::run(opts.iterations, interrupted).await?)
+    } else {
+        None
+    };
+    let delivery = if parts.delivery {
+        let relay = normalizer.as_ref().map(|part| &part.relay);
+        Some(
+            delivery_part(
+                opts,
+                &run_id,
+                relay,
+                &mut watched,
+                interrupted,
+                &mut problems,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -183,10 +213,12 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
         ingest.as_ref(),
         normalizer.as_ref(),
         costs.as_deref(),
+        delivery.as_ref(),
     );
     println!(
-        "cleanup: services stopped with SIGTERM, namespaces bench-{run_id}[-broker|-relay|-normalizer] \
-         torn down, their Redis keys deleted; whole run {:.0} s",
+        "cleanup: services stopped with SIGTERM, namespaces \
+         bench-{run_id}[-broker|-relay|-normalizer|-delivery|-quota] torn down, their Redis keys \
+         deleted; whole run {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(problems)
@@ -198,7 +230,7 @@ struct IngestPart {
     runs: IngestRuns,
 }
 
-/// [1/6]–[3/6]: the bare-broker ceiling, then ingest's single and batch endpoints.
+/// [1/7]–[3/7]: the bare-broker ceiling, then ingest's single and batch endpoints.
 async fn ingest_part(
     opts: &Options,
     run_id: &str,
@@ -206,7 +238,7 @@ async fn ingest_part(
     interrupted: &CancellationToken,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<IngestPart> {
-    println!("\n[1/6] bare broker: lapin publisher with confirms, no ingest…");
+    println!("\n[1/7] bare broker: lapin publisher with confirms, no ingest…");
     let ceiling = ceiling::run(opts, run_id, watched, interrupted).await?;
     println!(
         "      {} msg/s over {} confirm channels; envelope {} bytes; queue holds {} of {} \
@@ -227,7 +259,7 @@ async fn ingest_part(
 
     let namespace = format!("bench-{run_id}");
     println!(
-        "\n[2/6] starting {} (namespace {namespace})…",
+        "\n[2/7] starting {} (namespace {namespace})…",
         opts.ingest_bin.display()
     );
     let mut ingest = Ingest::spawn(&opts.ingest_bin, &namespace)?;
@@ -268,7 +300,7 @@ struct NormalizerPart {
     service: NormalizerRun,
 }
 
-/// [4/6] and [5/6]: the relay ceiling, then the normalizer service on the same backlog.
+/// [4/7] and [5/7]: the relay ceiling, then the normalizer service on the same backlog.
 async fn normalizer_part(
     opts: &Options,
     run_id: &str,
@@ -276,28 +308,10 @@ async fn normalizer_part(
     interrupted: &CancellationToken,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<NormalizerPart> {
-    let prefetch = BusConfig::default().prefetch;
-    println!(
-        "\n[4/6] relay ceiling: lapin consumer (prefetch {prefetch}) → publish with confirm → ack, \
-         no normalizer; draining {} preloaded raw envelopes…",
-        thousands(opts.events as u64)
-    );
-    let relay = relay::run(opts, run_id, watched, interrupted).await?;
-    println!(
-        "      {} msg/s; raw envelope {} bytes in, canonical {} bytes out; preload took {:.1} s \
-         (not measured)",
-        thousands(relay.measured.events_per_second().round() as u64),
-        relay.input_bytes,
-        relay.output_bytes,
-        relay.preload.as_secs_f64(),
-    );
-    check_failures("relay ceiling", &relay.measured, problems);
-    let (relay_check, problem) = relay.counts.check("relay ceiling", relay.expected);
-    println!("      queues: {relay_check}");
-    problems.extend(problem);
+    let relay = relay_part(opts, run_id, watched, interrupted, problems).await?;
 
     println!(
-        "\n[5/6] normalizer service: {} raw envelopes preloaded into its queue, then the release \
+        "\n[5/7] normalizer service: {} raw envelopes preloaded into its queue, then the release \
          binary drains them…",
         thousands(opts.events as u64)
     );
@@ -319,6 +333,137 @@ async fn normalizer_part(
     Ok(NormalizerPart { relay, service })
 }
 
+/// [4/7]: the relay ceiling, the yardstick of the normalizer and the crm-writer.
+async fn relay_part(
+    opts: &Options,
+    run_id: &str,
+    watched: &Watched,
+    interrupted: &CancellationToken,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<Relay> {
+    let prefetch = BusConfig::default().prefetch;
+    println!(
+        "\n[4/7] relay ceiling: lapin consumer (prefetch {prefetch}) → publish with confirm → ack, \
+         no normalizer; draining {} preloaded raw envelopes…",
+        thousands(opts.events as u64)
+    );
+    let relay = relay::run(opts, run_id, watched, interrupted).await?;
+    println!(
+        "      {} msg/s; raw envelope {} bytes in, canonical {} bytes out; preload took {:.1} s \
+         (not measured)",
+        thousands(relay.measured.events_per_second().round() as u64),
+        relay.input_bytes,
+        relay.output_bytes,
+        relay.preload.as_secs_f64(),
+    );
+    check_failures("relay ceiling", &relay.measured, problems);
+    let (relay_check, problem) = relay.counts.check("relay ceiling", relay.expected);
+    println!("      queues: {relay_check}");
+    problems.extend(problem);
+    Ok(relay)
+}
+
+/// What the delivery part measured.
+struct DeliveryPart {
+    /// The relay ceiling of this invocation, when the normalizer part did not measure one.
+    own_relay: Option<Relay>,
+    /// Events/s of the relay ceiling the writer is compared to.
+    ceiling: f64,
+    throughput: Throughput,
+    quota: Quota,
+}
+
+/// [7/7]: the crm-writer without a quota beside the relay ceiling (measured here unless
+/// `relay` is the one [4/7] measured in this invocation), then under HubSpot's quota.
+async fn delivery_part(
+    opts: &Options,
+    run_id: &str,
+    relay: Option<&Relay>,
+    watched: &mut Watched,
+    interrupted: &CancellationToken,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<DeliveryPart> {
+    let own_relay = match relay {
+        Some(_) => None,
+        None => {
+            println!(
+                "\n[7/7] crm-writer delivery is compared to the relay ceiling, which has not run \
+                 in this invocation; running it first…"
+            );
+            Some(relay_part(opts, run_id, watched, interrupted, problems).await?)
+        }
+    };
+    let ceiling = relay
+        .or(own_relay.as_ref())
+        .map_or(0.0, |relay| relay.measured.events_per_second());
+
+    println!(
+        "\n[7/7] (a) crm-writer delivery without a quota: {} canonical events preloaded into its \
+         queue, then the release binary writes them to the sandbox CRM…",
+        thousands(opts.events as u64)
+    );
+    let throughput = delivery::throughput(opts, run_id, watched, interrupted).await?;
+    println!(
+        "      {} events/s, {} requests/s{}; outcomes: {}",
+        thousands(throughput.measured.events_per_second().round() as u64),
+        thousands(throughput.requests_per_second().round() as u64),
+        if throughput.drained_in_window {
+            String::new()
+        } else {
+            format!(
+                " (the window closed after {} s before the backlog was through)",
+                opts.max_duration.as_secs()
+            )
+        },
+        throughput.outcomes,
+    );
+    println!("      check: {}", throughput.delivery_check);
+    problems.extend(throughput.problems.iter().cloned());
+
+    println!(
+        "\n[7/7] (b) crm-writer under HubSpot's quota ({} requests per {} s), pacing {}…",
+        delivery::QUOTA_REQUESTS,
+        delivery::QUOTA_WINDOW.as_secs(),
+        delivery::pacing_label(opts.pacing_limit),
+    );
+    let quota = delivery::quota(opts, run_id, interrupted).await?;
+    println!("      {}", quota_summary(&quota));
+    problems.extend(quota.problems.iter().cloned());
+    Ok(DeliveryPart {
+        own_relay,
+        ceiling,
+        throughput,
+        quota,
+    })
+}
+
+/// One line of the quota figures.
+fn quota_summary(quota: &Quota) -> String {
+    let figures = &quota.figures;
+    format!(
+        "{} requests answered 2xx in {} s (per {} s: {}) = {:.2}/s = {:.1}% of the quota's {:.0}/s; \
+         {} of {} requests answered 429 ({:.1}%); most admitted in any {} s window: {} (quota {})",
+        thousands(figures.admitted),
+        quota.window.as_secs(),
+        delivery::QUOTA_WINDOW.as_secs(),
+        figures
+            .admitted_per_period
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
+        quota.achieved_per_second(),
+        100.0 * quota.share_of_quota(),
+        Quota::quota_per_second(),
+        thousands(figures.rejected),
+        thousands(figures.requests),
+        100.0 * figures.rejected_share(),
+        delivery::QUOTA_WINDOW.as_secs(),
+        quota.max_in_window,
+        delivery::QUOTA_REQUESTS,
+    )
+}
+
 /// Prints the tables and notes of every part that ran.
 fn print_report(
     opts: &Options,
@@ -326,6 +471,7 @@ fn print_report(
     ingest: Option<&IngestPart>,
     normalizer: Option<&NormalizerPart>,
     costs: Option<&[Cost]>,
+    delivery: Option<&DeliveryPart>,
 ) {
     println!("\n{}", "=".repeat(100));
     let mut rows = Vec::new();
@@ -373,6 +519,27 @@ fn print_report(
             target: Some(NORMALIZER_TARGET),
             latency_of: "publish→confirm (hist)",
             estimated: part.service.publish_latency,
+        });
+    }
+    if let Some(part) = delivery {
+        let ceiling = Some(part.ceiling);
+        if let Some(relay) = &part.own_relay {
+            rows.push(Row {
+                scenario: "relay (lapin)".to_owned(),
+                measured: &relay.measured,
+                ceiling,
+                target: None,
+                latency_of: "delivery→ack",
+                estimated: None,
+            });
+        }
+        rows.push(Row {
+            scenario: "crm-writer (no quota)".to_owned(),
+            measured: &part.throughput.measured,
+            ceiling,
+            target: None,
+            latency_of: "CRM request (hist)",
+            estimated: part.throughput.request_latency,
         });
     }
     if !rows.is_empty() {
@@ -434,6 +601,56 @@ fn print_report(
              one core):"
         );
         print!("{}", report::cost_table(costs, NORMALIZE_TARGET_US));
+    }
+    if let Some(part) = delivery {
+        let run = &part.throughput;
+        println!(
+            "\ncrm-writer without a quota: {} events/s and {} CRM requests/s ({} requests for {} \
+             events delivered in the window) = {:.0}% of the relay ceiling's {} msg/s; first CRM \
+             request {:.2} s after its start (not measured); preload {:.1} s (not measured); \
+             envelope {} bytes",
+            thousands(run.measured.events_per_second().round() as u64),
+            thousands(run.requests_per_second().round() as u64),
+            thousands(run.requests),
+            thousands(run.measured.events),
+            if part.ceiling > 0.0 {
+                100.0 * run.measured.events_per_second() / part.ceiling
+            } else {
+                0.0
+            },
+            thousands(part.ceiling.round() as u64),
+            run.first_request_after.as_secs_f64(),
+            run.preload.as_secs_f64(),
+            run.input_bytes,
+        );
+        println!("crm-writer peak RSS (VmHWM): {}", rss(run.peak_rss_kib));
+        println!("crm-writer delivery check: {}", run.delivery_check);
+        println!(
+            "crm-writer latency ≈ p50/p99 of one CRM request → answer from its \
+             handoff_delivery_request_seconds histogram (interpolated within buckets); the window \
+             runs from the sandbox's first request to the {}-th crm.contact.synced report",
+            thousands(run.expected),
+        );
+        let quota = &part.quota;
+        println!(
+            "\ncrm-writer under HubSpot's quota ({} requests per rolling {} s per token, 429s \
+             counted as the sandbox does by default; writer pacing {}; {} events preloaded; \
+             {} s from the sandbox's first request, by its own request log):",
+            delivery::QUOTA_REQUESTS,
+            delivery::QUOTA_WINDOW.as_secs(),
+            delivery::pacing_label(quota.pacing_limit),
+            thousands(quota.backlog),
+            quota.window.as_secs(),
+        );
+        println!("  {}", quota_summary(quota));
+        println!(
+            "  aim ≥ {:.0}% of quota with < {:.0}% of requests answered 429: {}; writer outcomes \
+             when the window closed: {}",
+            100.0 * delivery::QUOTA_AIM_SHARE,
+            100.0 * delivery::QUOTA_AIM_REJECTED,
+            if quota.aim_met() { "met" } else { "NOT met" },
+            quota.outcomes,
+        );
     }
 }
 
@@ -552,7 +769,7 @@ async fn ingest_scenarios(
     }
 
     println!(
-        "\n[3/6] {} concurrent batch requests of {} events → POST {batch_url}…",
+        "\n[3/7] {} concurrent batch requests of {} events → POST {batch_url}…",
         opts.batch_concurrency, opts.batch_size
     );
     let jobs = batch_jobs(run_id, 'b', opts.events, opts.batch_size);

@@ -14,26 +14,41 @@ use anyhow::{Context as _, bail};
 pub const USAGE: &str = "\
 usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size B]
                      [--batch-concurrency K] [--warmup W] [--max-seconds S]
-                     [--iterations I] [--ingest-bin PATH] [--normalizer-bin PATH]
+                     [--iterations I] [--quota-seconds Q] [--pacing-limit L]
+                     [--ingest-bin PATH] [--normalizer-bin PATH]
+                     [--crm-writer-bin PATH] [--sandbox-bin PATH]
 
   --only PARTS           comma-separated parts to run (default all; HANDOFF_BENCH_ONLY):
-                           ingest      [1-3/6] bare broker, ingest single, ingest batch
-                           normalizer  [4-5/6] relay ceiling, normalizer service
-                           normalize   [6/6]   pure normalization cost, in-process
-  --events N             events per scenario; for the relay and the normalizer, the backlog
-                         each drains (default 20000; env HANDOFF_BENCH_EVENTS)
+                           ingest      [1-3/7] bare broker, ingest single, ingest batch
+                           normalizer  [4-5/7] relay ceiling, normalizer service
+                           normalize   [6/7]   pure normalization cost, in-process
+                           delivery    [7/7]   crm-writer into the sandbox CRM: throughput
+                                               without a quota (beside the relay ceiling,
+                                               run for it if normalizer is not), then
+                                               HubSpot's quota
+  --events N             events per scenario; for the relay, the normalizer and the
+                         crm-writer, the backlog each drains (default 20000;
+                         env HANDOFF_BENCH_EVENTS)
   --concurrency C        in-flight publishes / HTTP requests (default 64; HANDOFF_BENCH_CONCURRENCY)
   --batch-size B         events per batch request, 1..=500 (default 100; HANDOFF_BENCH_BATCH_SIZE)
   --batch-concurrency K  batch requests in flight (default max(C/16, 2); HANDOFF_BENCH_BATCH_CONCURRENCY)
   --warmup W             single requests sent before measuring (default 1000; HANDOFF_BENCH_WARMUP)
   --max-seconds S        a scenario stops sending (measuring a drain) after S seconds
                          (default 15; HANDOFF_BENCH_MAX_SECONDS)
-  --iterations I         timed normalize calls per body in [6/6] (default 200000;
+  --iterations I         timed normalize calls per body in [6/7] (default 200000;
                          HANDOFF_BENCH_ITERATIONS)
+  --quota-seconds Q      how long [7/7] measures the crm-writer against HubSpot's quota
+                         (default 30; HANDOFF_BENCH_QUOTA_SECONDS)
+  --pacing-limit L       the crm-writer's [hubspot.pacing] limit per 10 s under the quota
+                         (default: the writer's own default; HANDOFF_BENCH_PACING_LIMIT)
   --ingest-bin PATH      the ingest binary (default: handoff-ingest beside this binary;
                          HANDOFF_INGEST_BIN)
   --normalizer-bin PATH  the normalizer binary (default: handoff-normalizer beside this
-                         binary; HANDOFF_NORMALIZER_BIN)";
+                         binary; HANDOFF_NORMALIZER_BIN)
+  --crm-writer-bin PATH  the crm-writer binary (default: handoff-crm-writer beside this
+                         binary; HANDOFF_CRM_WRITER_BIN)
+  --sandbox-bin PATH     the sandbox CRM binary (default: handoff-sandbox beside this
+                         binary; HANDOFF_SANDBOX_BIN)";
 
 /// The parts of the bench `--only` can pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +59,8 @@ pub struct Parts {
     pub normalizer: bool,
     /// Pure normalization cost.
     pub normalize: bool,
+    /// The crm-writer into the sandbox CRM: throughput without a quota, then under HubSpot's.
+    pub delivery: bool,
 }
 
 impl Parts {
@@ -51,33 +68,32 @@ impl Parts {
         ingest: true,
         normalizer: true,
         normalize: true,
+        delivery: true,
+    };
+
+    const NONE: Parts = Parts {
+        ingest: false,
+        normalizer: false,
+        normalize: false,
+        delivery: false,
     };
 
     fn parse(list: &str) -> anyhow::Result<Parts> {
-        let mut parts = Parts {
-            ingest: false,
-            normalizer: false,
-            normalize: false,
-        };
+        let mut parts = Parts::NONE;
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "ingest" => parts.ingest = true,
                 "normalizer" => parts.normalizer = true,
                 "normalize" => parts.normalize = true,
+                "delivery" => parts.delivery = true,
                 "all" => parts = Parts::ALL,
                 other => bail!(
-                    "--only takes ingest, normalizer, normalize or all (comma-separated), \
-                     not {other:?}"
+                    "--only takes ingest, normalizer, normalize, delivery or all \
+                     (comma-separated), not {other:?}"
                 ),
             }
         }
-        if parts
-            == (Parts {
-                ingest: false,
-                normalizer: false,
-                normalize: false,
-            })
-        {
+        if parts == Parts::NONE {
             bail!("--only needs at least one part");
         }
         Ok(parts)
@@ -102,12 +118,22 @@ pub struct Options {
     pub max_duration: Duration,
     /// Timed `normalize` calls per body in the pure normalization cost.
     pub iterations: usize,
+    /// How long the crm-writer is measured against HubSpot's quota, from its first request.
+    pub quota_duration: Duration,
+    /// The crm-writer's `[hubspot.pacing] limit` under the quota; `None` leaves the writer's
+    /// default, which is what the scenario is about. Set to compare a value before changing
+    /// the default.
+    pub pacing_limit: Option<u32>,
     /// Which parts run.
     pub only: Parts,
     /// Path of the `handoff-ingest` binary.
     pub ingest_bin: PathBuf,
     /// Path of the `handoff-normalizer` binary.
     pub normalizer_bin: PathBuf,
+    /// Path of the `handoff-crm-writer` binary.
+    pub crm_writer_bin: PathBuf,
+    /// Path of the `handoff-sandbox` binary.
+    pub sandbox_bin: PathBuf,
 }
 
 /// Largest batch ingest accepts by default (`http.batch_max_events`).
@@ -126,9 +152,13 @@ impl Options {
         let mut warmup = env("HANDOFF_BENCH_WARMUP");
         let mut max_seconds = env("HANDOFF_BENCH_MAX_SECONDS");
         let mut iterations = env("HANDOFF_BENCH_ITERATIONS");
+        let mut quota_seconds = env("HANDOFF_BENCH_QUOTA_SECONDS");
+        let mut pacing_limit = env("HANDOFF_BENCH_PACING_LIMIT");
         let mut only = env("HANDOFF_BENCH_ONLY");
         let mut ingest_bin = env("HANDOFF_INGEST_BIN");
         let mut normalizer_bin = env("HANDOFF_NORMALIZER_BIN");
+        let mut crm_writer_bin = env("HANDOFF_CRM_WRITER_BIN");
+        let mut sandbox_bin = env("HANDOFF_SANDBOX_BIN");
 
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -147,9 +177,13 @@ impl Options {
                 "--warmup" => &mut warmup,
                 "--max-seconds" => &mut max_seconds,
                 "--iterations" => &mut iterations,
+                "--quota-seconds" => &mut quota_seconds,
+                "--pacing-limit" => &mut pacing_limit,
                 "--only" => &mut only,
                 "--ingest-bin" => &mut ingest_bin,
                 "--normalizer-bin" => &mut normalizer_bin,
+                "--crm-writer-bin" => &mut crm_writer_bin,
+                "--sandbox-bin" => &mut sandbox_bin,
                 _ => bail!("unknown argument {arg:?}"),
             };
             let value = match inline {
@@ -172,15 +206,25 @@ impl Options {
         let warmup = number("--warmup", warmup, 1_000)?;
         let max_seconds = number("--max-seconds", max_seconds, 15)?;
         let iterations = number("--iterations", iterations, 200_000)?;
+        let quota_seconds = number("--quota-seconds", quota_seconds, 30)?;
+        let pacing_limit = match pacing_limit {
+            None => None,
+            Some(v) => Some(
+                u32::try_from(number("--pacing-limit", Some(v), 0)?)
+                    .context("--pacing-limit is too large")?,
+            ),
+        };
         if events == 0
             || concurrency == 0
             || batch_concurrency == 0
             || max_seconds == 0
             || iterations == 0
+            || quota_seconds == 0
+            || pacing_limit == Some(0)
         {
             bail!(
-                "--events, --concurrency, --batch-concurrency, --max-seconds and --iterations \
-                 must be positive"
+                "--events, --concurrency, --batch-concurrency, --max-seconds, --iterations, \
+                 --quota-seconds and --pacing-limit must be positive"
             );
         }
         let only = match only {
@@ -198,6 +242,14 @@ impl Options {
             Some(path) => PathBuf::from(path),
             None => beside_this_binary("handoff-normalizer")?,
         };
+        let crm_writer_bin = match crm_writer_bin {
+            Some(path) => PathBuf::from(path),
+            None => beside_this_binary("handoff-crm-writer")?,
+        };
+        let sandbox_bin = match sandbox_bin {
+            Some(path) => PathBuf::from(path),
+            None => beside_this_binary("handoff-sandbox")?,
+        };
         Ok(Some(Options {
             events,
             concurrency,
@@ -206,9 +258,13 @@ impl Options {
             warmup,
             max_duration: Duration::from_secs(max_seconds as u64),
             iterations,
+            quota_duration: Duration::from_secs(quota_seconds as u64),
+            pacing_limit,
             only,
             ingest_bin,
             normalizer_bin,
+            crm_writer_bin,
+            sandbox_bin,
         }))
     }
 }
@@ -266,12 +322,19 @@ mod tests {
         assert_eq!(
             o.only,
             Parts {
-                ingest: false,
                 normalizer: true,
-                normalize: true
+                normalize: true,
+                ..Parts::NONE
             }
         );
         assert!(parse(&["--only=ingest"]).only.ingest);
+        assert_eq!(
+            parse(&["--only=delivery"]).only,
+            Parts {
+                delivery: true,
+                ..Parts::NONE
+            }
+        );
         assert_eq!(parse(&["--only=all"]).only, Parts::ALL);
     }
 
@@ -286,6 +349,19 @@ mod tests {
         assert!(bad(&["--only", "everything"]));
         assert!(bad(&["--only", ","]));
         assert!(bad(&["--iterations", "0"]));
+        assert!(bad(&["--quota-seconds", "0"]));
+        assert!(bad(&["--pacing-limit", "0"]));
+        assert!(bad(&["--pacing-limit", "5000000000"]));
+    }
+
+    #[test]
+    fn the_quota_options_default_to_the_writer_s_own_pacing() {
+        let o = parse(&[]);
+        assert_eq!(o.quota_duration, Duration::from_secs(30));
+        assert_eq!(o.pacing_limit, None);
+        let o = parse(&["--quota-seconds=12", "--pacing-limit", "98"]);
+        assert_eq!(o.quota_duration, Duration::from_secs(12));
+        assert_eq!(o.pacing_limit, Some(98));
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //! `event_id`, as a single body, as batch bodies, wrapped in the same
 //! protobuf [`Envelope`] ingest publishes (for the bare-broker ceiling and
 //! the normalizer's input), and the canonical envelope the normalizer makes
-//! of it (for the relay ceiling's output); plus a messy variant of the seed
-//! for the pure normalization cost.
+//! of it (for the relay ceiling's output); a messy variant of the seed
+//! for the pure normalization cost; and canonical `contact.updated`
+//! envelopes, each for a person of its own, for the crm-writer.
 
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use handoff_events::v1::{Envelope, RawPayload, envelope::Payload};
+use handoff_events::v1::canonical_payload::Event;
+use handoff_events::v1::{
+    CanonicalPayload, Contact, ContactUpdated, Envelope, RawPayload, envelope::Payload,
+};
 use handoff_events::{CURRENT_SCHEMA_VERSION, EventType, Message, Timestamp};
 use handoff_normalize::{NormalizeConfig, Normalizer};
 use serde_json::{Value, json};
@@ -121,6 +125,54 @@ pub fn messy_body(event_id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The event type the crm-writer scenarios send: one contact upsert each, so one CRM
+/// request per event.
+pub const WRITER_EVENT_TYPE: EventType = EventType::ContactUpdated;
+
+/// The canonical `contact.updated` envelope the normalizer would publish for person `index`
+/// of a run, encoded, with its event id: every event a record of its own (the email carries
+/// the run, `tag` and `index`), with the fields a real update carries, so the CRM creates one
+/// contact per event and the writer's stale guard and dedupe records are all distinct.
+pub fn contact_updated(run: &str, tag: char, index: usize) -> (String, Vec<u8>) {
+    let event_id = event_id(run, tag, index);
+    let payload = CanonicalPayload {
+        event: Some(Event::ContactUpdated(ContactUpdated {
+            contact: Some(Contact {
+                // Lower case, as the normalizer leaves every email.
+                email: Some(format!(
+                    "person.{}{index:08}@{run}.example.com",
+                    tag.to_ascii_lowercase()
+                )),
+                first_name: Some("Alex".to_owned()),
+                last_name: Some(format!("Kim {index}")),
+                phone: Some("+14155550100".to_owned()),
+                job_title: Some("Head of Operations".to_owned()),
+                country: Some("US".to_owned()),
+                timezone: Some("America/Los_Angeles".to_owned()),
+                ..Contact::default()
+            }),
+            company: None,
+        })),
+    };
+    let body = Envelope {
+        event_id: event_id.clone(),
+        event_type: WRITER_EVENT_TYPE.as_str().to_owned(),
+        schema_version: CURRENT_SCHEMA_VERSION,
+        occurred_at: Some(Timestamp::from(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(SEED_OCCURRED_AT),
+        )),
+        received_at: Some(Timestamp::from(SystemTime::now())),
+        source: "app".to_owned(),
+        publisher_id: PUBLISHER_ID.to_owned(),
+        // Ingest's hash is of the raw JSON; the writer only compares it between deliveries.
+        content_sha256: Sha256::digest(payload.encode_to_vec()).to_vec(),
+        attributes: Default::default(),
+        payload: Some(Payload::Canonical(payload)),
+    }
+    .encode_to_vec();
+    (event_id, body)
+}
+
 /// Event ids of one scenario: `evt_<run>_<tag><index>`, all the same length so every
 /// scenario moves messages of the same size.
 pub fn event_id(run: &str, tag: char, index: usize) -> String {
@@ -157,6 +209,25 @@ mod tests {
             .normalize(EVENT_TYPE, CURRENT_SCHEMA_VERSION, &messy_body("evt_m"))
             .expect("accepted");
         assert!(normalized.notes.is_empty(), "{:?}", normalized.notes);
+    }
+
+    #[test]
+    fn contact_updates_are_canonical_and_each_for_another_person() {
+        let email = |index| {
+            let (id, bytes) = contact_updated("r1", 'D', index);
+            let decoded = Envelope::decode(bytes.as_slice()).expect("decodes");
+            assert_eq!(decoded.event_id, id);
+            assert_eq!(decoded.event_type, "contact.updated");
+            let Some(Payload::Canonical(CanonicalPayload {
+                event: Some(Event::ContactUpdated(update)),
+            })) = decoded.payload
+            else {
+                panic!("a canonical contact.updated expected");
+            };
+            update.contact.and_then(|c| c.email).expect("an email")
+        };
+        assert_eq!(email(7), "person.d00000007@r1.example.com");
+        assert_ne!(email(1), email(2));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Where the CPU goes: CPU seconds of ingest, the normalizer, RabbitMQ, Redis
-//! and the bench itself read from `/proc`, and a service's peak resident memory.
+//! Where the CPU goes: CPU seconds of ingest, the normalizer, the crm-writer,
+//! the sandbox CRM, RabbitMQ, Redis and the bench itself read from `/proc`, and
+//! a service's peak resident memory.
 //!
 //! Every process in a run shares the same cores, so a scenario's figures only
 //! make sense next to what each of them burned meanwhile. Linux only; on other
@@ -19,6 +20,11 @@ pub struct Watched {
     pub ingest: Option<u32>,
     /// The normalizer child, when one is running.
     pub normalizer: Option<u32>,
+    /// The crm-writer child, when one is running.
+    pub crm_writer: Option<u32>,
+    /// The sandbox CRM child, when one is running: the stand-in for HubSpot, counted apart
+    /// from the service under test like the broker and Redis are.
+    pub sandbox: Option<u32>,
     /// Every `beam.smp` (the RabbitMQ node), when the broker runs on this machine.
     pub broker: Vec<u32>,
     /// Every `redis-server`, when Redis runs on this machine.
@@ -31,6 +37,8 @@ impl Watched {
         Watched {
             ingest: None,
             normalizer: None,
+            crm_writer: None,
+            sandbox: None,
             broker: pids_named("beam.smp"),
             redis: pids_named("redis-server"),
         }
@@ -42,6 +50,8 @@ impl Watched {
             at: Instant::now(),
             ingest: self.ingest.and_then(cpu_seconds),
             normalizer: self.normalizer.and_then(cpu_seconds),
+            crm_writer: self.crm_writer.and_then(cpu_seconds),
+            sandbox: self.sandbox.and_then(cpu_seconds),
             broker: sum(&self.broker),
             redis: sum(&self.redis),
             bench: cpu_seconds_of("self"),
@@ -56,6 +66,8 @@ pub struct Sample {
     at: Instant,
     ingest: Option<f64>,
     normalizer: Option<f64>,
+    crm_writer: Option<f64>,
+    sandbox: Option<f64>,
     broker: Option<f64>,
     redis: Option<f64>,
     bench: Option<f64>,
@@ -70,6 +82,8 @@ impl Sample {
             wall: later.at.duration_since(self.at),
             ingest: delta(self.ingest, later.ingest),
             normalizer: delta(self.normalizer, later.normalizer),
+            crm_writer: delta(self.crm_writer, later.crm_writer),
+            sandbox: delta(self.sandbox, later.sandbox),
             broker: delta(self.broker, later.broker),
             redis: delta(self.redis, later.redis),
             bench: delta(self.bench, later.bench),
@@ -84,6 +98,9 @@ pub struct CpuUse {
     pub wall: Duration,
     pub ingest: Option<f64>,
     pub normalizer: Option<f64>,
+    pub crm_writer: Option<f64>,
+    /// The sandbox CRM: the destination's work, not the service's.
+    pub sandbox: Option<f64>,
     pub broker: Option<f64>,
     pub redis: Option<f64>,
     pub bench: Option<f64>,
@@ -92,18 +109,21 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// CPU seconds of the services under test (ingest and the normalizer), if any ran.
+    /// CPU seconds of the services under test (ingest, the normalizer, the crm-writer), if
+    /// any ran.
     pub fn service(&self) -> Option<f64> {
-        match (self.ingest, self.normalizer) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
-        }
+        let services = [self.ingest, self.normalizer, self.crm_writer];
+        services
+            .iter()
+            .any(Option::is_some)
+            .then(|| services.iter().flatten().sum())
     }
 
     /// Busy CPU seconds not accounted for by the watched processes: other work on the box
     /// (a build, another test) competing with the scenario.
     pub fn other(&self) -> Option<f64> {
         let watched = self.service().unwrap_or(0.0)
+            + self.sandbox.unwrap_or(0.0)
             + self.broker.unwrap_or(0.0)
             + self.redis.unwrap_or(0.0)
             + self.bench.unwrap_or(0.0);

@@ -1,6 +1,7 @@
 //! The printed report: the throughput table with each scenario's ratio to
 //! its bare-broker ceiling and its target, the CPU table that says where the
-//! cores went, and the table of the pure normalization cost.
+//! cores went, the table of the pure normalization cost, and the crm-writer's
+//! use of a CRM quota.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -79,19 +80,21 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
     let _ = writeln!(
         out,
         "\nCPU seconds used during each measured window ({cores} cores = {cores} CPU-s per wall second, \
-         shared by the service, RabbitMQ, Redis and this bench process):"
+         shared by the service, RabbitMQ, Redis, the sandbox CRM and this bench process):"
     );
     let _ = writeln!(
         out,
-        "{:<width$}  {:>6}  {:>6}  {:>10}  {:>11}  {:>11}  {:>8}  {:>5}  {:>6}  {:>14}  {:>5}  {:>8}",
+        "{:<width$}  {:>6}  {:>6}  {:>10}  {:>6}  {:>11}  {:>9}  {:>8}  {:>5}  {:>7}  {:>6}  {:>14}  {:>5}  {:>8}",
         "scenario",
         "wall s",
         "ingest",
         "normalizer",
+        "writer",
         "service/1k",
-        "all 4/1k ev",
+        "all/1k ev",
         "rabbitmq",
         "redis",
+        "sandbox",
         "bench",
         "bench share",
         "other",
@@ -106,7 +109,7 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
             .service()
             .filter(|_| m.events > 0)
             .map(|s| s / (m.events as f64 / 1000.0));
-        let all_per_1k = [cpu.service(), cpu.broker, cpu.redis, cpu.bench]
+        let all_per_1k = [cpu.service(), cpu.broker, cpu.redis, cpu.sandbox, cpu.bench]
             .iter()
             .flatten()
             .sum::<f64>()
@@ -124,15 +127,17 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
         busy_elsewhere |= cpu.other().is_some_and(|o| o > 0.1 * capacity);
         let _ = writeln!(
             out,
-            "{:<width$}  {:>6.2}  {:>6}  {:>10}  {:>11}  {:>11.3}  {:>8}  {:>5}  {:>6}  {:>14}  {:>5}  {:>8}",
+            "{:<width$}  {:>6.2}  {:>6}  {:>10}  {:>6}  {:>11}  {:>9.3}  {:>8}  {:>5}  {:>7}  {:>6}  {:>14}  {:>5}  {:>8}",
             row.scenario,
             wall,
             seconds(cpu.ingest),
             seconds(cpu.normalizer),
+            seconds(cpu.crm_writer),
             per_1k.map_or("-".to_owned(), |s| format!("{s:.3}")),
             all_per_1k,
             seconds(cpu.broker),
             seconds(cpu.redis),
+            seconds(cpu.sandbox),
             seconds(cpu.bench),
             share.unwrap_or_else(|| "-".to_owned()),
             seconds(cpu.other()),
@@ -142,9 +147,10 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
     let _ = writeln!(
         out,
         "(\"…/1k\" = CPU-s per 1,000 events: the service under test alone, and service + RabbitMQ + \
-         Redis + bench together, the figure least disturbed by other work; \"bench\" = this process: \
-         the load generator, the lapin publisher or the relay, or only a queue poller while the \
-         normalizer drains; \"other\" = busy CPU of the whole machine not used by those four, kernel \
+         Redis + sandbox + bench together, the figure least disturbed by other work; \"writer\" = \
+         the crm-writer; \"sandbox\" = the stand-in CRM the writer writes to; \"bench\" = this \
+         process: the load generator, the lapin publisher or the relay, or only a queue poller while \
+         a service drains; \"other\" = busy CPU of the whole machine not used by those, kernel \
          included; \"box busy\" = all busy CPU / capacity)"
     );
     if busy_elsewhere {

@@ -1,11 +1,14 @@
 //! A Handoff service under test, run as its real release binary in a child
 //! process with a throw-away configuration file (written beside its log in
-//! the temp directory, both removed when it stops): what [`crate::ingest`]
-//! and [`crate::normalizer`] have in common.
+//! the temp directory, both removed when it stops): what [`crate::ingest`],
+//! [`crate::normalizer`] and [`crate::delivery`] (the crm-writer and the
+//! sandbox CRM) have in common.
 //!
 //! The child gets a clean environment for its configuration: `HANDOFF_*`
 //! variables (the bench's own flags among them) would be read as config keys,
 //! and `RUST_LOG` / `OTEL_*` would change what is measured, so none are passed.
+//! Secrets a service reads from its own variables (the crm-writer's
+//! `HUBSPOT_ACCESS_TOKEN`) are given explicitly ([`Service::spawn_with_env`]).
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -38,6 +41,19 @@ impl Service {
         config: &str,
         admin_port: u16,
     ) -> anyhow::Result<Service> {
+        Service::spawn_with_env(name, bin, namespace, config, admin_port, &[])
+    }
+
+    /// [`Service::spawn`] with `env` set in the child as well: variables outside the
+    /// `HANDOFF_` prefix, such as the secret a config names by its variable.
+    pub fn spawn_with_env(
+        name: &'static str,
+        bin: &Path,
+        namespace: &str,
+        config: &str,
+        admin_port: u16,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         if !bin.is_file() {
             bail!(
                 "{} does not exist; build it first with `cargo build --release --bins`",
@@ -65,6 +81,9 @@ impl Service {
             {
                 command.env_remove(&var);
             }
+        }
+        for (var, value) in env {
+            command.env(var, value);
         }
         let child = command
             .env("HANDOFF_CONFIG", &config_path)
