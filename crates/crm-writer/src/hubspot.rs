@@ -9,8 +9,12 @@
 //!
 //! Before each record: field ownership (properties another system owns are left out) and the
 //! stale guard, per field (a field a newer event has already written is left out and counted; a
-//! record whose every field is stale is not written at all). A 409 on an upsert means another record holds one of the unique values: the record is
-//! fetched by its key and, if it is there, the write counts as done.
+//! record whose every field is stale is not written at all).
+//!
+//! The writer never creates blind, so HubSpot's "409 already exists on a create: fetch it" rule
+//! never applies: a 409 on an upsert means another record holds one of the unique values (two
+//! contacts claiming one external id), a data conflict that is dead-lettered with HubSpot's
+//! message for a person to resolve.
 
 use std::collections::BTreeMap;
 
@@ -42,8 +46,7 @@ pub struct Touched {
     pub key: RecordKey,
     /// The CRM's record id; `None` for a record skipped as stale.
     pub id: Option<String>,
-    /// `created`, `updated`, `stale` (not written: newer events wrote every field) or `existing`
-    /// (a 409 resolved to the record that holds the value).
+    /// `created`, `updated` or `stale` (not written: newer events wrote every field).
     pub disposition: &'static str,
 }
 
@@ -205,38 +208,15 @@ impl HubSpot {
                 Ok((id, if created { "created" } else { "updated" }))
             }
             Err(CallError::AlreadyExists { reason, .. }) => {
-                // Another record holds one of the unique values: if ours exists, it is written.
-                let found = self.find(key).await?;
-                match found {
-                    Some(id) => Ok((id, "existing")),
-                    None => Err(ApplyError::Call(CallError::Permanent {
-                        operation: operation(key, "upsert"),
-                        status: Some(409),
-                        reason,
-                    })),
-                }
+                // Every write is an upsert by a unique property, so a 409 cannot mean "our
+                // create raced itself": another record holds one of the other unique values
+                // (say, the external id). Which record is right is for a person to decide.
+                Err(ApplyError::Call(CallError::Permanent {
+                    operation: operation(key, "upsert"),
+                    status: Some(409),
+                    reason: format!("another record holds a unique value of this one: {reason}"),
+                }))
             }
-            Err(other) => Err(other.into()),
-        }
-    }
-
-    /// The id of the record with `key`, if it exists.
-    async fn find(&self, key: &RecordKey) -> Result<Option<String>, ApplyError> {
-        let path = format!(
-            "/crm/v3/objects/{}/{}?idProperty={}",
-            key.kind.api_name(),
-            path_segment(&key.id),
-            key.id_property
-        );
-        match self
-            .destination
-            .call(&ApiRequest::new(Method::GET, path, operation(key, "get")))
-            .await
-        {
-            Ok(response) => Ok(record_id(&response.body)),
-            Err(CallError::Permanent {
-                status: Some(404), ..
-            }) => Ok(None),
             Err(other) => Err(other.into()),
         }
     }

@@ -397,3 +397,46 @@ async fn exhausted_retries_dead_letter_with_the_attempt_history() {
         .await;
     world.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_value_held_by_another_record_is_a_conflict_for_a_person() {
+    let world = World::start().await;
+    // Another contact already claims the external id this event carries.
+    let status = reqwest::Client::new()
+        .post(format!(
+            "{}/crm/v3/objects/contacts",
+            world.sandbox.base_url
+        ))
+        .bearer_auth(handoff_sandbox::testing::TEST_TOKEN)
+        .json(&serde_json::json!({"properties": {
+            "email": "first@example.com", "handoff_external_id": "user-7"
+        }}))
+        .send()
+        .await
+        .expect("create")
+        .status();
+    assert_eq!(status.as_u16(), 201);
+    let mut event = contact_updated("conflict", T0, "second@example.com", "Lead");
+    if let Some(handoff_events::v1::envelope::Payload::Canonical(c)) = &mut event.payload
+        && let Some(Event::ContactUpdated(e)) = &mut c.event
+        && let Some(contact) = e.contact.as_mut()
+    {
+        contact.external_id = Some("user-7".into());
+    }
+    world.publish(&event).await;
+    let letters = world.dead_letters(1, Duration::from_secs(10)).await;
+    assert_eq!(letters[0].error_class(), ErrorClass::Permanent);
+    assert_eq!(letters[0].error_code, "409");
+    assert!(
+        letters[0].error_message.contains("another record"),
+        "{}",
+        letters[0].error_message
+    );
+    let stats = world.sandbox.stats();
+    assert_eq!(
+        stats.creates.get("contacts").map(|k| k.len()),
+        Some(1),
+        "nothing created for the conflicting event"
+    );
+    world.finish().await;
+}
