@@ -1,5 +1,6 @@
-//! The sandbox's configuration: defaults that let `make run` work with no file (token
-//! `pat-local-dev`, HubSpot's default quota of 100 requests per 10 s, no faults), then an optional
+//! The sandbox's configuration: defaults that let `make run` work with no file (HubSpot token
+//! `pat-local-dev` with HubSpot's default quota of 100 requests per 10 s; Mailchimp API key
+//! `sandbox-key-us1`, audience `sandbox-list`, 10 connections per key; no faults), then an optional
 //! TOML file, then `HANDOFF_*` environment variables (see `handoff_kit::config`). Validated before
 //! anything binds.
 //!
@@ -11,6 +12,10 @@
 //! [hubspot]
 //! tokens = ["pat-local-dev"]
 //! rate_limit = { requests = 100, per = "10s" }
+//! [mailchimp]
+//! api_keys = ["sandbox-key-us1"]  # basic-auth password, any username
+//! lists = ["sandbox-list"]        # audiences; other list ids answer 404
+//! max_connections = 10            # simultaneous requests per key; the next one gets 429
 //! [faults]
 //! seed = 7
 //! latency = { fixed = "20ms", jitter = "10ms" }
@@ -26,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultConfig;
 use crate::hubspot::HubSpotConfig;
+use crate::mailchimp::MailchimpConfig;
 
 /// Everything the sandbox reads at start-up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +46,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// The HubSpot CRM v3 stand-in.
     pub hubspot: HubSpotConfig,
+    /// The Mailchimp Marketing API v3 stand-in.
+    pub mailchimp: MailchimpConfig,
     /// Faults active from start-up; `/_sandbox/faults` changes them at run time and
     /// `/_sandbox/reset` goes back to these.
     pub faults: FaultConfig,
@@ -56,6 +64,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             telemetry: TelemetryConfig::default(),
             hubspot: HubSpotConfig::default(),
+            mailchimp: MailchimpConfig::default(),
             faults: FaultConfig::default(),
             request_log: RequestLogConfig::default(),
         }
@@ -102,6 +111,7 @@ impl Validate for Config {
             ));
         }
         self.hubspot.validate()?;
+        self.mailchimp.validate()?;
         self.faults
             .validate()
             .map_err(|reason| ConfigError::invalid("faults", reason))

@@ -11,7 +11,9 @@
 //! | `PUT /_sandbox/faults` | replace all faults with the body ([`FaultConfig`] as JSON) |
 //! | `PATCH /_sandbox/faults` | set the faults named in the body; a `null` value turns one off |
 //! | `DELETE /_sandbox/faults` | turn every fault off |
-//! | `POST /_sandbox/reset` | records, log, stats, rate windows and faults back to start-up |
+//! | `GET /_sandbox/mailchimp/members` | every Mailchimp member of every list: status, merge fields, tags |
+//! | `GET /_sandbox/mailchimp/events` | every event posted to a Mailchimp member, in arrival order |
+//! | `POST /_sandbox/reset` | records, members, events, log, stats, rate windows and faults back to start-up |
 
 use axum::Json;
 use axum::Router;
@@ -32,6 +34,8 @@ pub fn router(sb: Sandbox) -> Router {
     Router::new()
         .route("/_sandbox/records/{object_type}", get(records))
         .route("/_sandbox/associations", get(associations))
+        .route("/_sandbox/mailchimp/members", get(mailchimp_members))
+        .route("/_sandbox/mailchimp/events", get(mailchimp_events))
         .route("/_sandbox/requests", get(requests))
         .route("/_sandbox/stats", get(stats))
         .route(
@@ -66,6 +70,14 @@ async fn records(State(sb): State<Sandbox>, Path(ty): Path<String>) -> Response 
 
 async fn associations(State(sb): State<Sandbox>) -> Response {
     Json(sb.associations()).into_response()
+}
+
+async fn mailchimp_members(State(sb): State<Sandbox>) -> Response {
+    Json(sb.mailchimp_members()).into_response()
+}
+
+async fn mailchimp_events(State(sb): State<Sandbox>) -> Response {
+    Json(sb.mailchimp_events()).into_response()
 }
 
 #[derive(Debug, Deserialize)]

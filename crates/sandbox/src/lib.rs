@@ -11,9 +11,11 @@
 //! - core: [`config`], [`auth`] (static and OAuth-issued tokens), [`ratelimit`] (rolling windows),
 //!   [`faults`] (latency, 5xx, 429 storms, timeouts, outages), [`request_log`] (log and stats),
 //!   [`control`] (the `/_sandbox/*` API), [`testing`] (in-process start for other crates' tests);
-//! - [`hubspot`]: the HubSpot CRM v3 subset. The email platform's API joins as a sibling module.
+//!   [`vendor`] (the fault-and-log layer every vendor's routes share);
+//! - [`hubspot`]: the HubSpot CRM v3 subset (`/crm/*`, `/oauth/*`);
+//! - [`mailchimp`]: the Mailchimp Marketing API v3 subset an email writer uses (`/3.0/*`).
 //!
-//! Ports: the vendor APIs and `/_sandbox/*` share the HTTP listener (default `127.0.0.1:8090`), so
+//! Ports: the vendor APIs (their paths do not collide) and `/_sandbox/*` share the HTTP listener (default `127.0.0.1:8090`), so
 //! a test or a developer needs one base URL; `/_sandbox` is a path no vendor uses, and it is
 //! neither authenticated, rate-limited, faulted nor logged. The admin listener (default
 //! `127.0.0.1:9190`) serves `/healthz`, `/readyz`, `/metrics` like every Handoff service.
@@ -27,9 +29,11 @@ pub mod control;
 pub mod error;
 pub mod faults;
 pub mod hubspot;
+pub mod mailchimp;
 pub mod ratelimit;
 pub mod request_log;
 pub mod testing;
+pub mod vendor;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -49,6 +53,7 @@ pub use error::Error;
 
 use faults::{FaultConfig, Faults};
 use hubspot::{AssociationRecord, HubSpotState, Object, ObjectType};
+use mailchimp::{MailchimpState, Member, Status};
 use request_log::{RequestEntry, RequestLog, Stats};
 
 /// Everything one sandbox holds, under one lock: requests are short and never await while
@@ -58,6 +63,7 @@ pub struct State {
     pub faults: Faults,
     pub log: RequestLog,
     pub hubspot: HubSpotState,
+    pub mailchimp: MailchimpState,
 }
 
 #[derive(Debug)]
@@ -81,6 +87,7 @@ impl Sandbox {
             faults: Faults::new(cfg.faults.clone(), Instant::now()),
             log: RequestLog::new(cfg.request_log.capacity),
             hubspot: HubSpotState::new(&cfg.hubspot),
+            mailchimp: MailchimpState::new(&cfg.mailchimp),
         };
         Sandbox {
             inner: Arc::new(Inner {
@@ -126,17 +133,56 @@ impl Sandbox {
         self.lock().hubspot.store.all_associations()
     }
 
+    /// Every Mailchimp member of every list, with status, merge fields and tags.
+    pub fn mailchimp_members(&self) -> Vec<Member> {
+        self.lock().mailchimp.store.all_members()
+    }
+
+    /// The Mailchimp member `email` (any case) of `list_id`, if there is one.
+    pub fn mailchimp_member(&self, list_id: &str, email: &str) -> Option<Member> {
+        let hash = mailchimp::hash::subscriber_hash(email);
+        self.lock()
+            .mailchimp
+            .store
+            .member(list_id, &hash)
+            .ok()
+            .cloned()
+    }
+
+    /// Every event posted to a Mailchimp member, in arrival order.
+    pub fn mailchimp_events(&self) -> Vec<mailchimp::Event> {
+        self.lock().mailchimp.store.all_events()
+    }
+
+    /// Puts a member with `status` in `list_id` directly, as if it had been there all along
+    /// (replacing any member with that email; not logged, not counted in the stats). `None` if
+    /// `list_id` is not configured.
+    pub fn mailchimp_seed_member(
+        &self,
+        list_id: &str,
+        email: &str,
+        status: Status,
+    ) -> Option<Member> {
+        self.lock().mailchimp.store.seed(list_id, email, status)
+    }
+
+    /// The most requests each Mailchimp API key had in flight at once.
+    pub fn mailchimp_peak_connections(&self) -> std::collections::BTreeMap<String, u32> {
+        self.lock().mailchimp.connections.peak()
+    }
+
     /// The request log, oldest first.
     pub fn requests(&self) -> Vec<RequestEntry> {
         self.lock().log.entries()
     }
 
-    /// Counts of requests, statuses, faults, creates and updates per key, and the most requests
-    /// admitted in any rolling window per credential.
+    /// Counts of requests, statuses, faults, creates and updates per key, the most requests
+    /// admitted in any rolling window per credential, and Mailchimp resubscriptions.
     pub fn stats(&self) -> Stats {
         let st = self.lock();
         let mut stats = st.log.stats();
         stats.max_in_window = st.hubspot.limiter.max_admitted();
+        stats.resubscribed = st.mailchimp.store.resubscribed();
         stats
     }
 
@@ -174,19 +220,21 @@ impl Sandbox {
         self.set_faults(FaultConfig::default());
     }
 
-    /// Back to the state at start-up: no records, empty log and stats, fresh rate windows, the
-    /// configured faults. Issued OAuth tokens stay valid.
+    /// Back to the state at start-up: no records, members or events, empty log and stats, fresh
+    /// rate windows, the configured faults. Issued OAuth tokens stay valid.
     pub fn reset(&self) {
         let mut st = self.lock();
         st.faults = Faults::new(self.inner.cfg.faults.clone(), Instant::now());
         st.log.reset();
         st.hubspot.reset();
+        st.mailchimp.reset();
     }
 
     /// Every route: the vendor APIs and `/_sandbox/*`.
     pub fn router(&self) -> Router {
         Router::new()
             .merge(hubspot::router(self.clone()))
+            .merge(mailchimp::router(self.clone()))
             .merge(control::router(self.clone()))
             .fallback(not_found)
     }

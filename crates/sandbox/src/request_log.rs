@@ -21,7 +21,9 @@ pub enum WriteOp {
 /// One record a request created or updated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Write {
-    /// `contacts`, `companies`, `deals`, `tickets`, or `associations`.
+    /// HubSpot: `contacts`, `companies`, `deals`, `tickets`, or `associations`. Mailchimp:
+    /// `members` (create or update), `tags` (update), `events` (create), keyed by lower-cased
+    /// email.
     pub object_type: String,
     /// The record's id at the vendor.
     pub id: String,
@@ -39,11 +41,11 @@ pub struct RequestEntry {
     pub at: String,
     /// Time from arrival to answer (or drop), including injected latency.
     pub elapsed_ms: u64,
-    /// Which vendor API: `hubspot`.
+    /// Which vendor API: `hubspot` or `mailchimp`.
     pub api: String,
     pub method: String,
     pub path: String,
-    /// The bearer token presented, if any.
+    /// The credential presented, if any: HubSpot's bearer token, Mailchimp's API key.
     pub token: Option<String>,
     /// The status answered; `None` when the connection was dropped without an answer.
     pub status: Option<u16>,
@@ -70,6 +72,10 @@ pub struct Stats {
     /// Per rate-limit key (token, or `oauth:<client>`): the most requests admitted in any rolling
     /// window; 429s are not counted here.
     pub max_in_window: BTreeMap<String, u64>,
+    /// Mailchimp members a request moved from `unsubscribed` or `cleaned` to `subscribed` (with
+    /// `status`; `status_if_new` never changes an existing member). Should stay 0.
+    #[serde(default)]
+    pub resubscribed: u64,
 }
 
 /// The bounded log plus running statistics.

@@ -1,7 +1,7 @@
 //! Starting a sandbox in-process, for this crate's tests and for other crates' tests (crm-writer,
 //! the pipeline scenarios): [`spawn`] binds both listeners on `127.0.0.1:0` and returns a
-//! [`Running`] with the base URLs and typed access to records, the request log, stats and faults,
-//! without going through HTTP.
+//! [`Running`] with the base URLs and typed access to records, Mailchimp members and events, the
+//! request log, stats and faults, without going through HTTP.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), handoff_sandbox::Error> {
@@ -26,12 +26,21 @@ use crate::{Config, Error, Sandbox};
 /// The private-app token [`config`] accepts.
 pub const TEST_TOKEN: &str = "pat-test";
 
-/// A configuration for tests: token [`TEST_TOKEN`], HubSpot's default quota, no faults, a short
-/// shutdown grace, and OAuth client `sandbox-client` / `sandbox-secret` with refresh token
+/// The Mailchimp API key [`config`] accepts (as the basic-auth password, any username).
+pub const TEST_MAILCHIMP_KEY: &str = "0123456789abcdef0123456789abcdef-us1";
+
+/// The Mailchimp audience [`config`] configures.
+pub const TEST_MAILCHIMP_LIST: &str = "test-list";
+
+/// A configuration for tests: token [`TEST_TOKEN`], HubSpot's default quota, Mailchimp key
+/// [`TEST_MAILCHIMP_KEY`] with audience [`TEST_MAILCHIMP_LIST`] and 10 connections, no faults, a
+/// short shutdown grace, and OAuth client `sandbox-client` / `sandbox-secret` with refresh token
 /// `sandbox-refresh-token`.
 pub fn config() -> Config {
     let mut cfg = Config::default();
     cfg.hubspot.tokens = vec![TEST_TOKEN.to_owned()];
+    cfg.mailchimp.api_keys = vec![TEST_MAILCHIMP_KEY.to_owned()];
+    cfg.mailchimp.lists = vec![TEST_MAILCHIMP_LIST.to_owned()];
     cfg.shutdown.grace = Duration::from_secs(2);
     cfg
 }

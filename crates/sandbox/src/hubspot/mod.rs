@@ -25,22 +25,22 @@ pub mod objects;
 pub mod store;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::HeaderValue;
 use axum::middleware::{Next, from_fn_with_state};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use tokio::time::Instant;
 
 pub use config::HubSpotConfig;
 pub use store::{AssociationRecord, Object, ObjectType};
 
+pub use crate::vendor::Writes;
+
 use crate::Sandbox;
-use crate::auth::{Tokens, bearer};
-use crate::faults::{Decision, TimeoutMode};
+use crate::auth::Tokens;
 use crate::ratelimit::{Limiter, Verdict};
-use crate::request_log::{RequestEntry, Write};
+use crate::vendor::{self, Api, authorization};
 
 /// The HubSpot part of the sandbox's state (behind the sandbox's one lock).
 #[derive(Debug)]
@@ -67,10 +67,6 @@ impl HubSpotState {
         self.limiter.reset();
     }
 }
-
-/// Records a handler touched, passed to the logging layer as a response extension.
-#[derive(Debug, Clone, Default)]
-pub struct Writes(pub Vec<Write>);
 
 /// The HubSpot routes with both layers, ready to merge into the sandbox's router.
 pub fn router(sb: Sandbox) -> Router {
@@ -103,14 +99,7 @@ pub fn router(sb: Sandbox) -> Router {
         .with_state(sb)
 }
 
-fn authorization(req: &Request) -> Option<String> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-fn set_rate_headers(resp: &mut Response, v: &Verdict) {
+pub(crate) fn set_rate_headers(resp: &mut Response, v: &Verdict) {
     let h = resp.headers_mut();
     h.insert("x-hubspot-ratelimit-max", HeaderValue::from(v.max));
     h.insert(
@@ -144,133 +133,8 @@ async fn authenticate(State(sb): State<Sandbox>, req: Request, next: Next) -> Re
     resp
 }
 
-/// An answer that never comes: the body fails before its first byte, so the server aborts the
-/// connection and the client sees it closed without a response.
-fn dropped() -> Response {
-    let failing = futures::stream::once(async {
-        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "the sandbox dropped this request (timeout fault)",
-        ))
-    });
-    Response::new(Body::from_stream(failing))
-}
-
-/// Injected faults first, then the routes; every request ends up in the request log.
+/// Injected faults first, then the routes; every request ends up in the request log (see
+/// [`crate::vendor`]).
 async fn faults_and_log(State(sb): State<Sandbox>, req: Request, next: Next) -> Response {
-    // A client that gives up (its own timeout) drops this future with its connection. The real
-    // service would still finish the request, and the log must still say what it did (writes of
-    // a request whose answer never arrived are exactly what tests count), so the work runs on a
-    // task of its own that a disconnect does not cancel.
-    match tokio::spawn(serve_faulted_and_logged(sb, req, next)).await {
-        Ok(response) => response,
-        Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
-}
-
-async fn serve_faulted_and_logged(sb: Sandbox, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let at = crate::clock::now_iso();
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let auth = authorization(&req);
-    let decision = sb.lock().faults.decide(started);
-
-    let mut fault: Option<&'static str> = None;
-    let mut writes: Vec<Write> = Vec::new();
-    let mut take_writes = |resp: &Response| {
-        if let Some(w) = resp.extensions().get::<Writes>() {
-            writes.extend(w.0.iter().cloned());
-        }
-    };
-    let answer: Option<Response> = match decision {
-        Decision::Outage {
-            status,
-            retry_after,
-        } => {
-            fault = Some("outage");
-            Some(error::server_error(status, retry_after))
-        }
-        Decision::Storm { retry_after } => {
-            fault = Some("storm");
-            Some(error::rate_limited(retry_after))
-        }
-        Decision::Proceed {
-            timeout: Some((hold, mode)),
-            ..
-        } => {
-            fault = Some("timeout");
-            match mode {
-                TimeoutMode::Drop => {
-                    sb.hold(hold).await;
-                    None
-                }
-                TimeoutMode::Late => {
-                    sb.hold(hold).await;
-                    let resp = next.run(req).await;
-                    take_writes(&resp);
-                    Some(resp)
-                }
-                TimeoutMode::ApplyThenDrop => {
-                    let resp = next.run(req).await;
-                    take_writes(&resp);
-                    sb.hold(hold).await;
-                    None
-                }
-            }
-        }
-        Decision::Proceed {
-            delay,
-            timeout: None,
-            error,
-        } => {
-            sb.hold(delay).await;
-            match error {
-                Some(status) => {
-                    fault = Some("error");
-                    Some(error::server_error(status, None))
-                }
-                None => {
-                    let resp = next.run(req).await;
-                    take_writes(&resp);
-                    Some(resp)
-                }
-            }
-        }
-    };
-
-    let mut answer = answer;
-    let status = answer.as_ref().map(|r| r.status().as_u16());
-    {
-        let mut st = sb.lock();
-        // Faulted answers to a known caller carry the quota headers too, without using quota.
-        if fault.is_some()
-            && let Some(resp) = answer.as_mut()
-            && let Ok(cred) = st.hubspot.tokens.authenticate(auth.as_deref(), started)
-        {
-            let v = st.hubspot.limiter.peek(&cred.rate_key, started);
-            set_rate_headers(resp, &v);
-        }
-        st.log.record(RequestEntry {
-            seq: 0,
-            at,
-            elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            api: "hubspot".to_owned(),
-            method,
-            path,
-            token: auth.as_deref().and_then(bearer).map(str::to_owned),
-            status,
-            fault: fault.map(str::to_owned),
-            writes,
-        });
-    }
-    let class = status.map_or("dropped", |s| match s {
-        200..=299 => "2xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "other",
-    });
-    metrics::counter!("handoff_sandbox_requests_total", "api" => "hubspot", "status_class" => class)
-        .increment(1);
-    answer.unwrap_or_else(dropped)
+    vendor::faults_and_log(sb, Api::HubSpot, req, next).await
 }

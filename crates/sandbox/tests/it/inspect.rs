@@ -104,6 +104,7 @@ async fn the_request_log_and_stats_are_exact() {
             "creates": { "contacts": { "a@b.com": 1 } },
             "updates": { "contacts": { "a@b.com": 1 } },
             "max_in_window": { TEST_TOKEN: 4 },
+            "resubscribed": 0,
         })
     );
 

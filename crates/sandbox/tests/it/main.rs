@@ -5,5 +5,6 @@ mod auth;
 mod faults;
 mod helpers;
 mod inspect;
+mod mailchimp;
 mod objects;
 mod ratelimit;
