@@ -57,6 +57,8 @@ pub struct TestIngest {
     pub inspector: Bus,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Removes the namespace if the test panics before [`TestIngest::stop`].
+    guard: support::TeardownOnDrop,
 }
 
 /// The configuration a test ingest runs with.
@@ -120,6 +122,8 @@ pub async fn spawn_ingest_with(opts: Options, wait_ready: bool) -> TestIngest {
         admin_listener,
         shutdown.clone(),
     ));
+    let guard =
+        support::TeardownOnDrop::new(&namespace, &handoff_bus::BusConfig::default().retry_delays);
     let inspector = inspector(&namespace).await;
     let app = TestIngest {
         base,
@@ -129,6 +133,7 @@ pub async fn spawn_ingest_with(opts: Options, wait_ready: bool) -> TestIngest {
         inspector,
         shutdown,
         task: Some(task),
+        guard,
     };
     if wait_ready {
         app.wait_ready(true, Duration::from_secs(20)).await;
@@ -222,6 +227,7 @@ impl TestIngest {
             );
         }
         remove_namespace(self.inspector, &self.namespace).await;
+        self.guard.disarm();
     }
 }
 

@@ -129,6 +129,8 @@ pub struct World {
     pub namespace: String,
     pub inspector: Bus,
     pub normalizer: Option<TestNormalizer>,
+    /// Removes the namespace if the test panics before [`World::finish`].
+    guard: support::TeardownOnDrop,
 }
 
 impl World {
@@ -140,6 +142,8 @@ impl World {
     /// Like [`World::start`], with the service's connections set by `opts`.
     pub async fn start_with(opts: Options) -> World {
         let namespace = support::namespace();
+        // The normalizer's test tiers ([1s]) are among the defaults the inspector tears down.
+        let guard = support::TeardownOnDrop::new(&namespace, &BusConfig::default().retry_delays);
         let inspector = support::inspector(&namespace).await;
         let normalizer = TestNormalizer::start(&namespace, &opts).await;
         normalizer.wait_ready(true, Duration::from_secs(20)).await;
@@ -147,6 +151,7 @@ impl World {
             namespace,
             inspector,
             normalizer: Some(normalizer),
+            guard,
         }
     }
 
@@ -264,6 +269,7 @@ impl World {
             normalizer.stop().await;
         }
         support::remove_namespace(self.inspector, &self.namespace).await;
+        self.guard.disarm();
     }
 }
 
