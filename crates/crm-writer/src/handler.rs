@@ -200,7 +200,8 @@ impl CrmHandler {
         let occurred_at_ms = envelope
             .occurred_at
             .as_ref()
-            .map(|t| t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000))
+            .and_then(handoff_events::to_offset_date_time)
+            .and_then(|at| i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok())
             .unwrap_or_default();
         let write = WriteFacts {
             event_id: &id.event_id,

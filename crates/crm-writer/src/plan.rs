@@ -606,8 +606,7 @@ fn minor_to_decimal(minor: i64) -> String {
 }
 
 fn rfc3339(ts: &handoff_events::Timestamp) -> Option<String> {
-    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
+    let at = handoff_events::to_offset_date_time(ts)?;
     at.format(&time::format_description::well_known::Rfc3339)
         .ok()
 }

@@ -36,12 +36,10 @@ impl RestAdapter {
     ) -> Result<usize, ApplyError> {
         let payload = handoff_events::json::message_to_json(canonical)
             .map_err(|err| ApplyError::Render(format!("rendering the event as JSON: {err}")))?;
-        let occurred_at = envelope.occurred_at.as_ref().and_then(|t| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos),
-            )
-            .ok()
-        });
+        let occurred_at = envelope
+            .occurred_at
+            .as_ref()
+            .and_then(handoff_events::to_offset_date_time);
         let meta = EventMeta {
             event_id: &envelope.event_id,
             event_type: &envelope.event_type,

@@ -23,6 +23,12 @@ pub mod json;
 pub use prost::Message;
 pub use prost_types::Timestamp;
 
+/// A protobuf `Timestamp` as a UTC time; `None` when it is outside what `time` can hold.
+pub fn to_offset_date_time(ts: &Timestamp) -> Option<time::OffsetDateTime> {
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
 /// The schema version ingest stamps on every v1 envelope today.
 pub const CURRENT_SCHEMA_VERSION: u32 = 1;
 
