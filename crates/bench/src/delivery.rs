@@ -125,7 +125,7 @@ pub struct Throughput {
     pub first_request_after: Duration,
     /// p50 and p99 of CRM request → answer, from the writer's histogram.
     pub request_latency: Option<(Duration, Duration)>,
-    /// `handoff_crm_writer_events_total` by outcome, e.g. "delivered 20,000".
+    /// `handoff_writer_events_total` by outcome, e.g. "delivered 20,000".
     pub outcomes: String,
     /// Peak resident memory of the writer (`VmHWM`).
     pub peak_rss_kib: Option<u64>,
@@ -158,7 +158,7 @@ pub struct Quota {
     pub figures: QuotaFigures,
     /// The most requests admitted in any rolling window, by the sandbox's own count.
     pub max_in_window: u64,
-    /// `handoff_crm_writer_events_total` by outcome when the window closed.
+    /// `handoff_writer_events_total` by outcome when the window closed.
     pub outcomes: String,
     pub problems: Vec<String>,
 }
@@ -462,7 +462,7 @@ async fn drain(
             let quantile = |q| quantile(&buckets, q).map(Duration::from_secs_f64);
             (
                 quantile(0.5).zip(quantile(0.99)),
-                outcomes(&text, "handoff_crm_writer_events_total"),
+                outcomes(&text, "handoff_writer_events_total"),
             )
         }
         Err(err) => (None, format!("unknown ({err:#})")),
@@ -551,7 +551,7 @@ async fn paced(
     let log = api.requests().await?;
     let stats = api.stats().await?;
     let outcomes = match writer.metrics().await {
-        Ok(text) => outcomes(&text, "handoff_crm_writer_events_total"),
+        Ok(text) => outcomes(&text, "handoff_writer_events_total"),
         Err(err) => format!("unknown ({err:#})"),
     };
     let mut problems = Vec::new();

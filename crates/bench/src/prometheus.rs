@@ -173,7 +173,7 @@ r_seconds_bucket{destination=\"hubspot\",operation=\"associate\",le=\"+Inf\"} 1
             "normalized 99, retry 1"
         );
         assert_eq!(
-            outcomes(TEXT, "handoff_crm_writer_events_total"),
+            outcomes(TEXT, "handoff_writer_events_total"),
             "none recorded"
         );
     }

@@ -6,11 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use handoff_bus::BusConfig;
-use std::collections::BTreeMap;
 
 use handoff_delivery::{
-    AuthConfig, HttpConfig, OwnershipConfig, PacingConfig, RestConfig, RestRouteConfig,
-    RetryPolicy, SecretSource, StaleConfig,
+    AuthConfig, HttpConfig, OwnershipConfig, PacingConfig, RestSettings, RetryPolicy, SecretSource,
+    StaleConfig,
 };
 use handoff_idempotency::{DedupeConfig, LedgerConfig, RedisConfig};
 use handoff_kit::admin::AdminConfig;
@@ -58,52 +57,6 @@ pub enum AdapterKind {
     #[default]
     HubSpot,
     Rest,
-}
-
-/// `[rest]`: the generic REST adapter.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RestSettings {
-    /// The tool's API root; every route's path is joined under it.
-    pub base_url: String,
-    /// Headers sent with every request (a route's own header of the same name wins).
-    pub headers: BTreeMap<String, String>,
-    /// Per event type requests (`[[rest.routes]]`); an event type without one is acked unsent.
-    pub routes: Vec<RestRouteConfig>,
-    /// The default reads a bearer token from `REST_API_TOKEN`.
-    pub auth: AuthConfig,
-    pub pacing: PacingConfig,
-    pub http: HttpConfig,
-}
-
-impl Default for RestSettings {
-    fn default() -> Self {
-        RestSettings {
-            base_url: "http://127.0.0.1:8091/api".to_owned(),
-            headers: BTreeMap::new(),
-            routes: Vec::new(),
-            auth: AuthConfig::Static {
-                token: SecretSource {
-                    env: Some("REST_API_TOKEN".to_owned()),
-                    file: None::<PathBuf>,
-                    value: None,
-                },
-            },
-            pacing: PacingConfig::default(),
-            http: HttpConfig::default(),
-        }
-    }
-}
-
-impl RestSettings {
-    /// The template part, as the delivery crate compiles it.
-    pub fn templates(&self) -> RestConfig {
-        RestConfig {
-            base_url: self.base_url.clone(),
-            headers: self.headers.clone(),
-            routes: self.routes.clone(),
-        }
-    }
 }
 
 /// `[hubspot]`.
@@ -185,24 +138,10 @@ impl Validate for Config {
         }
         match self.adapter {
             AdapterKind::HubSpot => check("hubspot.auth", self.hubspot.auth.validate())?,
-            AdapterKind::Rest => {
-                check("rest", self.rest.templates().validate())?;
-                for route in &self.rest.routes {
-                    if route
-                        .event_type
-                        .parse::<handoff_events::EventType>()
-                        .is_err()
-                    {
-                        return Err(ConfigError::invalid(
-                            "rest.routes",
-                            format!("{:?} is not an event type", route.event_type),
-                        ));
-                    }
-                }
-                check("rest.auth", self.rest.auth.validate())?;
-                check("rest.pacing", self.rest.pacing.validate())?;
-                check("rest.http", self.rest.http.validate())?;
-            }
+            AdapterKind::Rest => self
+                .rest
+                .validate()
+                .map_err(|(key, reason)| ConfigError::invalid(key, reason))?,
         }
         check("hubspot.pacing", self.hubspot.pacing.validate())?;
         check("hubspot.http", self.hubspot.http.validate())?;

@@ -18,12 +18,15 @@
 
 use std::collections::BTreeMap;
 
-use handoff_delivery::{ApiRequest, CallError, Destination, OwnershipConfig, StaleGuard};
+use handoff_bus::CRM_WRITER;
+use handoff_delivery::writer::metrics;
+use handoff_delivery::{
+    ApiRequest, CallError, Destination, OwnershipConfig, StaleGuard, WriteError,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tracing::debug;
 
-use crate::metrics;
 use crate::plan::{Plan, RecordKey};
 
 /// The name of the destination in metrics, pacing and stale-guard keys, and in ownership tables.
@@ -50,22 +53,6 @@ pub struct Touched {
     pub disposition: &'static str,
 }
 
-/// Why a plan could not be carried out.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ApplyError {
-    #[error(transparent)]
-    Call(#[from] CallError),
-    /// Redis, for the stale guard, is unavailable: retry later.
-    #[error("the stale guard is unavailable: {0}")]
-    Guard(String),
-    /// HubSpot answered 2xx without what the writer needs (a record id).
-    #[error("{0}")]
-    Unexpected(String),
-    /// A REST route could not be built from the event (a value it needs is missing): permanent.
-    #[error("{0}")]
-    Render(String),
-}
-
 /// The adapter; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HubSpot {
@@ -80,14 +67,14 @@ impl HubSpot {
         &self,
         plan: &Plan,
         facts: WriteFacts<'_>,
-    ) -> Result<Vec<Touched>, ApplyError> {
+    ) -> Result<Vec<Touched>, WriteError> {
         let mut touched: Vec<Touched> = Vec::with_capacity(plan.upserts.len());
         for upsert in &plan.upserts {
             let filtered =
                 self.ownership
                     .writable(DESTINATION, facts.source, upsert.properties.clone());
             for (field, owner) in &filtered.skipped {
-                metrics::owned_field_skipped(owner);
+                metrics::owned_field_skipped(CRM_WRITER, owner);
                 debug!(field, owner, "Left out a field another system owns.");
             }
             // The key property is the record's identity, not a value that can go stale.
@@ -107,9 +94,10 @@ impl HubSpot {
                     &fields,
                 )
                 .await
-                .map_err(|err| ApplyError::Guard(err.to_string()))?;
+                .map_err(|err| WriteError::Guard(err.to_string()))?;
             if !admission.stale.is_empty() {
                 metrics::stale_skipped(
+                    CRM_WRITER,
                     facts.event_type,
                     upsert.key.kind.label(),
                     admission.stale.len(),
@@ -169,7 +157,7 @@ impl HubSpot {
         &self,
         key: &RecordKey,
         properties: BTreeMap<String, String>,
-    ) -> Result<(String, &'static str), ApplyError> {
+    ) -> Result<(String, &'static str), WriteError> {
         let kind = key.kind.api_name();
         if key.is_crm_id() {
             let request = ApiRequest::new(
@@ -180,7 +168,7 @@ impl HubSpot {
             .json(json!({ "properties": properties }));
             let response = self.destination.call(&request).await?;
             let id = record_id(&response.body).ok_or_else(|| {
-                ApplyError::Unexpected(format!("{kind} update answered without an id"))
+                WriteError::Unexpected(format!("{kind} update answered without an id"))
             })?;
             return Ok((id, "updated"));
         }
@@ -202,7 +190,7 @@ impl HubSpot {
                     .cloned()
                     .unwrap_or(Value::Null);
                 let id = record_id(&result).ok_or_else(|| {
-                    ApplyError::Unexpected(format!("{kind} upsert answered without a record id"))
+                    WriteError::Unexpected(format!("{kind} upsert answered without a record id"))
                 })?;
                 let created = result.get("new").and_then(Value::as_bool).unwrap_or(false);
                 Ok((id, if created { "created" } else { "updated" }))
@@ -211,7 +199,7 @@ impl HubSpot {
                 // Every write is an upsert by a unique property, so a 409 cannot mean "our
                 // create raced itself": another record holds one of the other unique values
                 // (say, the external id). Which record is right is for a person to decide.
-                Err(ApplyError::Call(CallError::Permanent {
+                Err(WriteError::Call(CallError::Permanent {
                     operation: operation(key, "upsert"),
                     status: Some(409),
                     reason: format!("another record holds a unique value of this one: {reason}"),

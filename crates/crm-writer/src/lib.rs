@@ -16,25 +16,18 @@
 pub mod config;
 pub mod handler;
 pub mod hubspot;
-pub mod metrics;
 pub mod plan;
-pub mod rest;
 pub mod routes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use handoff_bus::{Bus, CRM_WRITER, Topology};
+use handoff_bus::CRM_WRITER;
 use handoff_delivery::{
-    AuthConfig, Credentials, Destination, HttpConfig, Pacer, PacingConfig, RedisHandle, StaleGuard,
-    Vendor,
+    Destination, DestinationParts, RestAdapter, ServiceSettings, StaleGuard, Vendor, WriterStage,
 };
-use handoff_idempotency::Store;
-use handoff_kit::admin::Readiness;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 pub use config::{AdapterKind, Config};
 
@@ -51,31 +44,49 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    handoff_kit::metrics::install();
-    let bus_shutdown = CancellationToken::new();
-    let bus = Bus::start(
-        cfg.bus.clone(),
-        Topology::v1(&cfg.namespace),
-        bus_shutdown.clone(),
-    );
-    let store = Store::new(&cfg.redis, &cfg.namespace).context("configuring Redis")?;
-    store.spawn_health_monitor(Duration::from_secs(1), bus_shutdown.clone());
-    let redis = RedisHandle::new(&cfg.redis).context("configuring Redis")?;
+    let settings = ServiceSettings {
+        stage: CRM_WRITER,
+        namespace: &cfg.namespace,
+        bus: &cfg.bus,
+        redis: &cfg.redis,
+        grace: cfg.shutdown.grace,
+    };
+    handoff_delivery::serve(settings, admin_listener, shutdown, |rt| {
+        let adapter = adapter(&cfg, rt)?;
+        Ok(handler::CrmHandler {
+            stage: WriterStage {
+                stage: CRM_WRITER,
+                bus: rt.bus.clone(),
+                store: rt.store.clone(),
+                retry: cfg.retry.clone(),
+                dedupe: cfg.dedupe.clone(),
+                ledger_ttl: cfg.ledger.ttl,
+            },
+            adapter,
+            routes: cfg.routes.clone(),
+        })
+    })
+    .await
+    .context("running the crm-writer")
+}
 
-    let adapter = match cfg.adapter {
+/// The configured adapter, with its destination.
+fn adapter(cfg: &Config, rt: &handoff_delivery::WriterRuntime) -> anyhow::Result<handler::Adapter> {
+    Ok(match cfg.adapter {
         AdapterKind::HubSpot => {
             let hs = &cfg.hubspot;
-            let destination = destination(
-                hubspot::DESTINATION,
-                Vendor::HubSpot,
-                &hs.base_url,
-                (&hs.auth, &hs.pacing, &hs.http),
-                &redis,
-                &cfg.namespace,
-            )?;
+            let parts = DestinationParts {
+                name: hubspot::DESTINATION,
+                vendor: Vendor::HubSpot,
+                base_url: &hs.base_url,
+                auth: &hs.auth,
+                pacing: &hs.pacing,
+                http: &hs.http,
+                user_agent: USER_AGENT,
+            };
             handler::Adapter::HubSpot(hubspot::HubSpot {
-                destination,
-                stale: StaleGuard::new(redis.clone(), &cfg.namespace, &cfg.stale),
+                destination: Destination::build(parts, &rt.redis, &cfg.namespace)?,
+                stale: StaleGuard::new(rt.redis.clone(), &cfg.namespace, &cfg.stale),
                 ownership: cfg.ownership.clone(),
             })
         }
@@ -86,95 +97,19 @@ pub async fn run(
                 .compile()
                 .map_err(anyhow::Error::msg)
                 .context("compiling [rest] routes")?;
-            let destination = destination(
-                rest::DESTINATION,
-                Vendor::Generic,
-                &r.base_url,
-                (&r.auth, &r.pacing, &r.http),
-                &redis,
-                &cfg.namespace,
-            )?;
-            handler::Adapter::Rest(rest::RestAdapter {
-                destination,
+            let parts = DestinationParts {
+                name: handoff_delivery::REST_DESTINATION,
+                vendor: Vendor::Generic,
+                base_url: &r.base_url,
+                auth: &r.auth,
+                pacing: &r.pacing,
+                http: &r.http,
+                user_agent: USER_AGENT,
+            };
+            handler::Adapter::Rest(RestAdapter {
+                destination: Destination::build(parts, &rt.redis, &cfg.namespace)?,
                 routes: Arc::new(routes),
             })
         }
-    };
-
-    let readiness = Readiness::new();
-    let bus_ready = bus.clone();
-    readiness.register("rabbitmq", move || bus_ready.is_ready());
-    let store_ready = store.clone();
-    readiness.register("redis", move || store_ready.is_healthy());
-    let admin_shutdown = CancellationToken::new();
-    let admin = tokio::spawn(handoff_kit::admin::serve(
-        admin_listener,
-        readiness.clone(),
-        admin_shutdown.clone(),
-    ));
-
-    let handler = Arc::new(handler::CrmHandler {
-        bus: bus.clone(),
-        store,
-        adapter,
-        routes: cfg.routes.clone(),
-        retry: cfg.retry.clone(),
-        dedupe: cfg.dedupe.clone(),
-        ledger_ttl: cfg.ledger.ttl,
-    });
-    info!(
-        namespace = %cfg.namespace,
-        queue = %bus.topology().stage_queue(CRM_WRITER),
-        crm = %cfg.hubspot.base_url,
-        "crm-writer is starting."
-    );
-    let consumer_bus = bus.clone();
-    let consumer_stop = shutdown.clone();
-    let mut consumer = tokio::spawn(async move {
-        handoff_bus::consumer::run(&consumer_bus, CRM_WRITER, handler, consumer_stop).await
-    });
-    let drained = tokio::select! {
-        early = &mut consumer => {
-            early.context("the consumer task failed")?.context("running the consumer")?;
-            true
-        }
-        () = shutdown.cancelled() => {
-            readiness.set_draining();
-            info!("Shutting down: no new messages, finishing those in flight.");
-            handoff_kit::shutdown::drain("in-flight messages", cfg.shutdown.grace, consumer).await
-        }
-    };
-
-    bus.close().await;
-    bus_shutdown.cancel();
-    admin_shutdown.cancel();
-    let _ = admin.await;
-    info!(drained, "crm-writer stopped.");
-    Ok(())
-}
-
-/// A destination with its own HTTP client, credentials and shared pacer.
-fn destination(
-    name: &str,
-    vendor: Vendor,
-    base_url: &str,
-    (auth, pacing, http_cfg): (&AuthConfig, &PacingConfig, &HttpConfig),
-    redis: &RedisHandle,
-    namespace: &str,
-) -> anyhow::Result<Destination> {
-    let http = http_cfg
-        .client(USER_AGENT)
-        .context("building the HTTP client")?;
-    let credentials = Credentials::new(name, auth, redis.clone(), namespace, http.clone())
-        .with_context(|| format!("reading the {name} credentials"))?;
-    let pacer = Pacer::new(redis.clone(), namespace, pacing);
-    Ok(Destination::new(
-        name,
-        vendor,
-        base_url,
-        http,
-        pacer,
-        credentials,
-        http_cfg.clone(),
-    ))
+    })
 }

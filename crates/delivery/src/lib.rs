@@ -20,6 +20,13 @@
 //! - `ratelimit_headers.rs`: [`RateInfo`], a vendor's rate-limit headers (HubSpot's
 //!   `X-HubSpot-RateLimit-*`, `Retry-After`) read into numbers the pacer can use (pure).
 //! - `redis_handle.rs`: [`RedisHandle`], the lazily opened connection the Redis parts share.
+//! - `rest.rs` / `rest_adapter.rs`: the generic REST adapter ([`RestAdapter`], [`RestSettings`])
+//!   and its request templates, for an internal tool instead of a vendor's API.
+//! - `writer.rs`: [`WriterStage`], what every writer does around its calls: decode, claim,
+//!   report `*.synced`, complete with the ledger, and sort failures into ack / retry / defer /
+//!   dead letter; the writers' shared metrics.
+//! - `service.rs`: [`serve`], a writer service's life (broker, Redis, admin endpoints, drain),
+//!   and [`Destination::build`] from a settings section.
 //!
 //! Redis keys all carry the namespace prefix (`"{ns}:..."`), like the idempotency store's.
 
@@ -32,7 +39,10 @@ mod pacing;
 mod ratelimit_headers;
 mod redis_handle;
 mod rest;
+mod rest_adapter;
+mod service;
 mod stale;
+pub mod writer;
 
 pub use auth::{AuthConfig, AuthError, Credentials, OAuthGrant, SecretSource};
 pub use backoff::{GiveUpReason, RetryDecision, RetryPolicy};
@@ -46,4 +56,9 @@ pub use rest::{
     EventMeta, RenderError, RenderedRequest, RestConfig, RestRoute, RestRouteConfig, RestRoutes,
     event_view,
 };
+pub use rest_adapter::{REST_DESTINATION, RestAdapter, RestSettings};
+pub use service::{
+    BuildError, DestinationParts, ServeError, ServiceSettings, WriterRuntime, serve,
+};
 pub use stale::{Admission, FieldAdmission, StaleConfig, StaleError, StaleGuard};
+pub use writer::{Claimed, EventIdentity, WriteError, WriterStage, occurred_at_ms};
