@@ -2,7 +2,8 @@
 //!
 //! The protobuf types are generated from `proto/handoff/v1/` at build time
 //! (see `build.rs`); this crate adds the newtypes every service agrees on:
-//! [`EventType`] with its routing keys, and [`EventId`] with its rules. It does
+//! [`EventType`] with its routing keys, [`EventId`] with its rules, and
+//! [`primary_email`] (who a canonical event is about). It does
 //! no I/O, so every crate can depend on it.
 
 use std::fmt;
@@ -27,6 +28,26 @@ pub use prost_types::Timestamp;
 pub fn to_offset_date_time(ts: &Timestamp) -> Option<time::OffsetDateTime> {
     let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()
+}
+
+/// The normalized email of the person a canonical event is about: its contact's `email`, which
+/// every v1 event type carries in the same place (`contact`). `None` when the event has no
+/// contact email (a customer known only by CRM id) or no event at all.
+///
+/// The normalizer indexes the status ledger by it (`GET /v1/contacts/{email}/events`) and writers
+/// address people by it, so they all agree on who an event is about. On a canonical payload the
+/// email is already normalized (trimmed, lower-cased, domain in punycode); this does not change it.
+pub fn primary_email(payload: &v1::CanonicalPayload) -> Option<&str> {
+    use v1::canonical_payload::Event;
+    let contact = match payload.event.as_ref()? {
+        Event::LeadCreated(e) => e.contact.as_ref(),
+        Event::MeetingBooked(e) => e.contact.as_ref(),
+        Event::CustomerConverted(e) => e.contact.as_ref(),
+        Event::DealStageChanged(e) => e.contact.as_ref(),
+        Event::PaymentFailed(e) => e.contact.as_ref(),
+        Event::ContactUpdated(e) => e.contact.as_ref(),
+    }?;
+    contact.email.as_deref().filter(|email| !email.is_empty())
 }
 
 /// The schema version ingest stamps on every v1 envelope today.
@@ -223,6 +244,74 @@ mod tests {
             Err(InvalidEventId::NotPrintable)
         );
         assert_eq!(EventId::parse("é"), Err(InvalidEventId::NotPrintable));
+    }
+
+    #[test]
+    fn the_primary_email_is_the_contacts_in_every_event_type() {
+        use v1::canonical_payload::Event;
+        let contact = || {
+            Some(v1::Contact {
+                email: Some("alex@example.com".into()),
+                owner_email: Some("owner@example.com".into()),
+                ..Default::default()
+            })
+        };
+        let events = [
+            Event::LeadCreated(v1::LeadCreated {
+                contact: contact(),
+                ..Default::default()
+            }),
+            Event::MeetingBooked(v1::MeetingBooked {
+                contact: contact(),
+                ..Default::default()
+            }),
+            Event::CustomerConverted(v1::CustomerConverted {
+                contact: contact(),
+                ..Default::default()
+            }),
+            Event::DealStageChanged(v1::DealStageChanged {
+                contact: contact(),
+                ..Default::default()
+            }),
+            Event::PaymentFailed(v1::PaymentFailed {
+                contact: contact(),
+                ..Default::default()
+            }),
+            Event::ContactUpdated(v1::ContactUpdated {
+                contact: contact(),
+                ..Default::default()
+            }),
+        ];
+        assert_eq!(events.len(), EventType::ALL.len(), "one per event type");
+        for event in events {
+            let payload = v1::CanonicalPayload { event: Some(event) };
+            assert_eq!(
+                primary_email(&payload),
+                Some("alex@example.com"),
+                "{payload:?}"
+            );
+        }
+
+        // No contact, a contact without an email, an empty email, no event: none.
+        let without = |contact: Option<v1::Contact>| v1::CanonicalPayload {
+            event: Some(Event::PaymentFailed(v1::PaymentFailed {
+                contact,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(primary_email(&without(None)), None);
+        let by_crm_id = v1::Contact {
+            crm_contact_id: Some("12345".into()),
+            owner_email: Some("owner@example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(primary_email(&without(Some(by_crm_id))), None);
+        let blank = v1::Contact {
+            email: Some(String::new()),
+            ..Default::default()
+        };
+        assert_eq!(primary_email(&without(Some(blank))), None);
+        assert_eq!(primary_email(&v1::CanonicalPayload::default()), None);
     }
 
     #[test]

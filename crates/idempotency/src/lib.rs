@@ -12,11 +12,12 @@
 //!
 //! A crash between 1 and 3 leaves the `started` record until its lease runs out; the redelivered
 //! message then claims again. Records and ledgers live under a namespace (`"{ns}:idem:..."`,
-//! `"{ns}:ledger:..."`), so several deployments or tests share one Redis without colliding.
+//! `"{ns}:ledger:..."`, and the per-email index of ledgers `"{ns}:ledger-email:..."`), so several
+//! deployments or tests share one Redis without colliding.
 //!
 //! Code map: `store.rs` (the [`Store`] and its Lua scripts in `lua/`), `batch.rs` (coalescing
 //! concurrent claims and completions into batch script calls), `ledger.rs` (the ledger
-//! types), `config.rs` ([`RedisConfig`]), `error.rs` ([`StoreError`]).
+//! types and the email index), `config.rs` ([`RedisConfig`]), `error.rs` ([`StoreError`]).
 
 mod batch;
 mod config;
@@ -27,7 +28,9 @@ mod store;
 
 pub use config::RedisConfig;
 pub use error::StoreError;
-pub use ledger::{DEFAULT_LEDGER_TTL, Ledger, LedgerUpdate, StageStatus, now_rfc3339};
+pub use ledger::{
+    DEFAULT_LEDGER_TTL, LEDGER_EMAIL_INDEX_MAX, Ledger, LedgerUpdate, StageStatus, now_rfc3339,
+};
 pub use policy::{DedupeConfig, LedgerConfig};
 #[doc(hidden)]
 pub use store::BatchStats;

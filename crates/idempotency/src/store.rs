@@ -22,8 +22,12 @@
 //! The store targets a single Redis (a primary, optionally with replicas or Sentinel), not Redis
 //! Cluster: a script may only touch keys of one hash slot there, and a batch touches many unrelated
 //! keys. That was already so before coalescing: `complete` writes the idempotency record and the
-//! ledger, which live in different slots, in one script call (ARCHITECTURE.md).
+//! ledger, which live in different slots, in one script call (ARCHITECTURE.md). The email index
+//! adds a third slot to the same call (and a second to [`Store::ledger_record`]'s `MULTI`), for
+//! the same reason: the hash and its index entry must be written together or not at all. Scripts
+//! still touch only the keys they are given, so that no key is hidden from Redis.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -35,7 +39,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{BatchCall, BatchResult, Batcher};
-use crate::ledger::{FIRST_SEEN_AT, Ledger, LedgerUpdate};
+use crate::ledger::{FIRST_SEEN_AT, LEDGER_EMAIL_INDEX_MAX, Ledger, LedgerUpdate};
 use crate::{Claim, ClaimToken, Completion, IdempotencyKey, RedisConfig, StoreError};
 
 const CLAIM_MANY_LUA: &str = include_str!("lua/claim_many.lua");
@@ -43,6 +47,8 @@ const COMPLETE_MANY_LUA: &str = include_str!("lua/complete_many.lua");
 static CLAIM_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_MANY_LUA));
 static COMPLETE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_MANY_LUA));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
+static PRUNE_EMAIL_INDEX: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/prune_email_index.lua")));
 
 const STARTED: &str = "started:";
 const FINISHED: &str = "finished:";
@@ -88,6 +94,14 @@ struct LedgerItem {
     ttl_ms: i64,
     first_seen_at: String,
     fields: Vec<(String, String)>,
+    index: Option<IndexItem>,
+}
+
+/// The email index entry of a ledger update that carries an email.
+struct IndexItem {
+    key: String,
+    event_id: String,
+    score_ms: i64,
 }
 
 /// Handle to the idempotency records and the ledger in Redis. Cheap to clone; clones share one
@@ -189,6 +203,13 @@ impl Store {
     /// The Redis key of a ledger: `"{namespace}:ledger:{publisher_id}:{event_id}"`.
     pub fn ledger_key(&self, publisher_id: &str, event_id: &str) -> String {
         self.key(&["ledger", publisher_id, event_id])
+    }
+
+    /// The Redis key of an email index (a sorted set of event ids):
+    /// `"{namespace}:ledger-email:{publisher_id}:{email}"`, with `email` exactly as given (callers
+    /// pass it normalized). The email is the last part, so a `:` in it cannot make two keys meet.
+    pub fn ledger_email_key(&self, publisher_id: &str, email: &str) -> String {
+        self.key(&["ledger-email", publisher_id, email])
     }
 
     /// Sends `PING`; succeeds when Redis answers within `op_timeout`.
@@ -307,6 +328,11 @@ impl Store {
                 ttl_ms: millis(update.ttl),
                 first_seen_at: update.at.clone(),
                 fields: update.fields(),
+                index: update.indexed_email().map(|email| IndexItem {
+                    key: self.ledger_email_key(&update.publisher_id, email),
+                    event_id: update.event_id.clone(),
+                    score_ms: update.at_unix_ms(),
+                }),
             }),
         };
         let outcome = self.coalesced(self.inner.completions.submit(item)).await?;
@@ -346,20 +372,119 @@ impl Store {
         Ok(deleted == 1)
     }
 
-    /// Applies one ledger update (fields, `first_seen_at` if new, TTL) in one `MULTI` round trip.
+    /// Applies one ledger update (fields, `first_seen_at` if new, TTL) in one `MULTI` round trip;
+    /// with an email, the event's email index entry too (see the `ledger` module).
     pub async fn ledger_record(&self, update: &LedgerUpdate) -> Result<(), StoreError> {
         let key = self.ledger_key(&update.publisher_id, &update.event_id);
         let fields = update.fields();
+        let ttl = millis(update.ttl);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_nx(&key, FIRST_SEEN_AT, &update.at)
             .ignore()
             .hset_multiple(&key, &fields)
             .ignore()
-            .pexpire(&key, millis(update.ttl))
+            .pexpire(&key, ttl)
             .ignore();
+        if let Some(email) = update.indexed_email() {
+            let index = self.ledger_email_key(&update.publisher_id, email);
+            // NX: an event keeps the score it was first indexed with, whoever reports later.
+            pipe.cmd("ZADD")
+                .arg(&index)
+                .arg("NX")
+                .arg(update.at_unix_ms())
+                .arg(&update.event_id)
+                .ignore()
+                .zremrangebyrank(&index, 0, index_trim_stop())
+                .ignore()
+                .pexpire(&index, ttl)
+                .ignore();
+        }
         self.run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
             .await
+    }
+
+    /// The ledgers of up to `limit` events indexed under `email` for this publisher, newest first
+    /// (by when each was first indexed). `email` is looked up exactly as given, so callers pass
+    /// the normalized form the writers indexed ([`LedgerUpdate::with_email`]).
+    ///
+    /// Two round trips within one `op_timeout`: `ZREVRANGE` for the ids, then one pipeline of
+    /// `HGETALL`s. (A single script could not do it without building the ledger keys itself,
+    /// hiding them from Redis.) Ids whose ledger has expired are left out, so a page can be short
+    /// when it reaches them; they mostly sort last, as ledgers expire in the order of their last
+    /// news. They are then removed from the index, best effort, by a script that re-checks each
+    /// ledger so that one written meanwhile keeps its entry.
+    pub async fn ledger_by_email(
+        &self,
+        publisher_id: &str,
+        email: &str,
+        limit: usize,
+    ) -> Result<Vec<Ledger>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = self.ledger_email_key(publisher_id, email);
+        let ledger_prefix = self.ledger_key(publisher_id, "");
+        let stop = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        let (ids, hashes) = self
+            .run(|mut conn| {
+                let index = index.clone();
+                let ledger_prefix = ledger_prefix.clone();
+                async move {
+                    let ids: Vec<String> = conn.zrevrange(&index, 0, stop).await?;
+                    if ids.is_empty() {
+                        return Ok((ids, Vec::new()));
+                    }
+                    let mut pipe = redis::pipe();
+                    for id in &ids {
+                        pipe.hgetall(format!("{ledger_prefix}{id}"));
+                    }
+                    let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
+                    Ok((ids, hashes))
+                }
+            })
+            .await?;
+        if hashes.len() != ids.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{index}: {} ledger reads answered for {} ids",
+                hashes.len(),
+                ids.len()
+            )));
+        }
+        let mut ledgers = Vec::with_capacity(ids.len());
+        let mut expired = Vec::new();
+        for (id, hash) in ids.into_iter().zip(hashes) {
+            let key = format!("{ledger_prefix}{id}");
+            match Ledger::from_hash(&key, publisher_id, &id, hash)? {
+                Some(ledger) => ledgers.push(ledger),
+                None => expired.push(id),
+            }
+        }
+        if !expired.is_empty() {
+            self.prune_email_index(&index, &ledger_prefix, &expired)
+                .await;
+        }
+        Ok(ledgers)
+    }
+
+    /// Removes `event_ids` from an email index if their ledgers are (still) gone. Best effort: a
+    /// failure only leaves them for the next read or the trim.
+    async fn prune_email_index(&self, index: &str, ledger_prefix: &str, event_ids: &[String]) {
+        let mut invocation = PRUNE_EMAIL_INDEX.key(index);
+        for id in event_ids {
+            invocation.key(format!("{ledger_prefix}{id}")).arg(id);
+        }
+        let pruned: Result<i64, StoreError> = self
+            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await;
+        match pruned {
+            Ok(n) => {
+                tracing::debug!(index = %index, pruned = n, "Pruned expired ledgers from an email index.")
+            }
+            Err(err) => {
+                tracing::debug!(index = %index, error = %err, "Could not prune an email index; the next read retries.")
+            }
+        }
     }
 
     /// Reads the ledger of one event; `None` when nothing was recorded (or it expired).
@@ -369,7 +494,7 @@ impl Store {
         event_id: &str,
     ) -> Result<Option<Ledger>, StoreError> {
         let key = self.ledger_key(publisher_id, event_id);
-        let hash: std::collections::HashMap<String, String> = self
+        let hash: HashMap<String, String> = self
             .run(|mut conn| {
                 let key = key.clone();
                 async move { conn.hgetall(key).await }
@@ -476,17 +601,30 @@ impl Shared {
 
     /// One `complete_many.lua` call for a batch of completions: per item, the outcome word.
     async fn complete_many(&self, items: Vec<CompleteItem>) -> BatchResult<String> {
-        let keys = items.iter().map(|i| 1 + usize::from(i.ledger.is_some()));
+        let keys = items.iter().map(|i| {
+            1 + i
+                .ledger
+                .as_ref()
+                .map_or(0, |ledger| 1 + usize::from(ledger.index.is_some()))
+        });
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(COMPLETE_MANY.get_hash()).arg(keys.sum::<usize>());
         for item in &items {
             cmd.arg(&item.key);
             if let Some(ledger) = &item.ledger {
                 cmd.arg(&ledger.key);
+                if let Some(index) = &ledger.index {
+                    cmd.arg(&index.key);
+                }
             }
         }
         for item in &items {
-            cmd.arg(if item.ledger.is_some() { "1" } else { "0" })
+            let kind = match &item.ledger {
+                None => "0",
+                Some(LedgerItem { index: None, .. }) => "1",
+                Some(LedgerItem { index: Some(_), .. }) => "2",
+            };
+            cmd.arg(kind)
                 .arg(&item.suffix)
                 .arg(&item.finished)
                 .arg(item.retention_ms);
@@ -496,6 +634,11 @@ impl Shared {
                     .arg(ledger.fields.len());
                 for (field, value) in &ledger.fields {
                     cmd.arg(field).arg(value);
+                }
+                if let Some(index) = &ledger.index {
+                    cmd.arg(&index.event_id)
+                        .arg(index.score_ms)
+                        .arg(LEDGER_EMAIL_INDEX_MAX);
                 }
             }
         }
@@ -567,6 +710,13 @@ fn item_string(reply: Value, script: &str) -> Result<String, StoreError> {
     }
 }
 
+/// The `ZREMRANGEBYRANK` stop that keeps an email index's newest [`LEDGER_EMAIL_INDEX_MAX`]
+/// members: ranks `0..=-(max + 1)` are the oldest beyond them.
+fn index_trim_stop() -> isize {
+    let max = isize::try_from(LEDGER_EMAIL_INDEX_MAX).unwrap_or(isize::MAX - 1);
+    -(max + 1)
+}
+
 /// A duration in whole milliseconds, at least 1 (Redis rejects `PX 0`).
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).max(1)
@@ -616,6 +766,14 @@ mod tests {
     }
 
     #[test]
+    fn the_trim_keeps_the_newest_max_members() {
+        assert_eq!(
+            index_trim_stop(),
+            -(isize::try_from(LEDGER_EMAIL_INDEX_MAX).unwrap_or(0) + 1)
+        );
+    }
+
+    #[test]
     fn millis_is_never_zero() {
         assert_eq!(millis(Duration::ZERO), 1);
         assert_eq!(millis(Duration::from_secs(2)), 2000);
@@ -628,6 +786,10 @@ mod tests {
         let key = IdempotencyKey::new("ingest", "pub-1", "ev-1");
         assert_eq!(store.idempotency_key(&key), "ns:idem:ingest:pub-1:ev-1");
         assert_eq!(store.ledger_key("pub-1", "ev-1"), "ns:ledger:pub-1:ev-1");
+        assert_eq!(
+            store.ledger_email_key("pub-1", "alex@example.com"),
+            "ns:ledger-email:pub-1:alex@example.com"
+        );
     }
 
     #[test]

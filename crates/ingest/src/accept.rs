@@ -130,6 +130,8 @@ impl Acceptor {
             event_id: event_id.clone(),
             event_type: Some(candidate.event_type.as_str().to_owned()),
             trace_id: Some(trace_id.clone()).filter(|t| !t.is_empty()),
+            // Ingest holds the raw email only; the normalizer indexes the canonical one.
+            email: None,
             stage: STAGE.to_owned(),
             status: "accepted".to_owned(),
             at: received_at.format(&Rfc3339).unwrap_or_default(),

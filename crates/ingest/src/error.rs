@@ -114,6 +114,22 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "unreadable_body", message)
     }
 
+    /// 400: a path or query parameter of a read route is not valid, with every bad parameter
+    /// as a field error (`limit`, `email`).
+    pub fn invalid_parameters(fields: Vec<FieldError>) -> Self {
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!(
+                "the request has {} invalid parameter{}",
+                fields.len(),
+                if fields.len() == 1 { "" } else { "s" }
+            ),
+        );
+        err.fields = fields;
+        err
+    }
+
     /// 422: valid JSON that breaks the event contract, with every bad field.
     pub fn validation_failed(fields: Vec<FieldError>) -> Self {
         let mut err = Self::new(

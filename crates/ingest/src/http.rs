@@ -4,16 +4,22 @@
 //! who you are (401), what you send (404/403), how often (429), in what
 //! form (415/413/400), whether it fits the contract (422), and only then
 //! dedupe and publish.
+//!
+//! Two read routes answer from the status ledger, each for the calling
+//! publisher's events only: `GET /v1/events/{event_id}` (one event) and
+//! `GET /v1/contacts/{email}/events` (the events about one person, newest
+//! first).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures::future::join_all;
 use handoff_bus::Headers;
 use handoff_events::EventType;
@@ -24,7 +30,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::accept::{Accepted, Acceptor, Candidate, fingerprint};
 use crate::auth::{Publisher, Publishers};
-use crate::contract;
+use crate::contract::{self, FieldError};
 use crate::error::ApiError;
 use crate::metrics;
 
@@ -47,6 +53,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/events/{event_type_or_id}",
             post(post_event).get(get_event),
         )
+        .route("/v1/contacts/{email}/events", get(get_contact_events))
         .fallback(not_found)
         .with_state(Arc::new(state))
 }
@@ -311,6 +318,84 @@ async fn get_event(
     .await
 }
 
+/// How many events `GET /v1/contacts/{email}/events` answers unless `limit` says otherwise.
+pub const TIMELINE_DEFAULT_LIMIT: usize = 20;
+/// The most events one `GET /v1/contacts/{email}/events` answers: a page a person can read, and
+/// a bounded number of ledger reads per request.
+pub const TIMELINE_MAX_LIMIT: usize = 100;
+
+/// The query string of `GET /v1/contacts/{email}/events`; other parameters are ignored.
+#[derive(Debug, serde::Deserialize)]
+struct TimelineQuery {
+    /// Read as text so that a bad value gets our error body, not the extractor's.
+    limit: Option<String>,
+}
+
+/// `GET /v1/contacts/{email}/events?limit=N` — the publisher's events about one person, newest
+/// first (by when each was first seen), each as `GET /v1/events/{event_id}` reports it.
+///
+/// The path's email is normalized as the normalizer normalizes a contact's email
+/// (`handoff_normalize::field::email`: trimmed, lower-cased, domain in punycode), so
+/// `" Alex@Example.COM "` finds the events of `alex@example.com`. The normalizer's optional alias
+/// rules (`+tag` and Gmail dots stripped) are its own configuration and are not applied here:
+/// with them on, ask for the address without the alias. An address that cannot be normalized is
+/// a 400; one with no events is a 200 with an empty list.
+async fn get_contact_events(
+    State(state): State<Arc<AppState>>,
+    email: Result<Path<String>, PathRejection>,
+    query: Result<Query<TimelineQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let span = request_span("GET /v1/contacts/{email}/events", &headers);
+    respond(&state, "timeline", span, async {
+        let publisher = state.publishers.authenticate(&headers)?;
+        Span::current().record("publisher_id", publisher.id.as_str());
+        let limit = match query {
+            Ok(Query(query)) => timeline_limit(query.limit.as_deref())?,
+            Err(err) => return Err(invalid_parameter("query", err.body_text())),
+        };
+        let email = match email {
+            Ok(Path(raw)) => handoff_normalize::field::email(&raw, false)
+                .map_err(|err| invalid_parameter("email", err.to_string()))?,
+            Err(err) => return Err(invalid_parameter("email", err.body_text())),
+        };
+        let events = state
+            .acceptor
+            .store
+            .ledger_by_email(&publisher.id, &email, limit)
+            .await
+            .map_err(|_| ApiError::unavailable("the status ledger", state.acceptor.retry_after))?;
+        Ok((
+            StatusCode::OK,
+            axum::Json(json!({"email": email, "events": events})),
+        )
+            .into_response())
+    })
+    .await
+}
+
+/// `limit` as a number of events: [`TIMELINE_DEFAULT_LIMIT`] when absent, else a whole number
+/// from 1 to [`TIMELINE_MAX_LIMIT`].
+fn timeline_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(TIMELINE_DEFAULT_LIMIT);
+    };
+    match raw.trim().parse::<usize>() {
+        Ok(limit) if (1..=TIMELINE_MAX_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(invalid_parameter(
+            "limit",
+            format!("must be a whole number from 1 to {TIMELINE_MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn invalid_parameter(path: &str, message: String) -> ApiError {
+    ApiError::invalid_parameters(vec![FieldError {
+        path: path.to_owned(),
+        message,
+    }])
+}
+
 /// The server span of one request, a child of the caller's `traceparent` if any.
 fn request_span(route: &'static str, headers: &HeaderMap) -> Span {
     let method = route.split(' ').next().unwrap_or("POST");
@@ -376,4 +461,30 @@ async fn read_json_body(request: Request, limit: usize) -> Result<Bytes, ApiErro
             ApiError::unreadable_body(format!("the request body could not be read: {err}"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_limit_defaults_and_is_bounded() {
+        assert_eq!(timeline_limit(None).ok(), Some(TIMELINE_DEFAULT_LIMIT));
+        assert_eq!(timeline_limit(Some("1")).ok(), Some(1));
+        assert_eq!(timeline_limit(Some("100")).ok(), Some(100));
+        for bad in [
+            "0",
+            "101",
+            "-1",
+            "ten",
+            "",
+            "1.5",
+            "99999999999999999999999",
+        ] {
+            let err = timeline_limit(Some(bad)).expect_err(bad);
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(err.code, "invalid_parameter");
+            assert_eq!(err.fields[0].path, "limit");
+        }
+    }
 }

@@ -12,7 +12,9 @@
 //!    `canonical.<event_type>`, persistent, mandatory, confirmed, in a
 //!    producer span whose context rides in the headers.
 //! 4. Only after the confirm: mark the record finished and note `normalized`
-//!    in the status ledger; then the consumer loop acks the raw message.
+//!    in the status ledger, indexed under the contact's normalized email
+//!    ([`handoff_events::primary_email`]) for the per-contact timeline; then
+//!    the consumer loop acks the raw message.
 //!
 //! Anything transient (Redis down, broker nack or timeout) releases the claim
 //! and answers [`Outcome::RetryLater`]: the message goes through the stage's
@@ -192,6 +194,8 @@ impl NormalizeHandler {
         };
 
         let routing_key = event_type.canonical_routing_key();
+        // Who the event is about, for the ledger's email index (the contact timeline).
+        let email = handoff_events::primary_email(&normalized.payload).map(str::to_owned);
         let canonical = Envelope {
             schema_version: CURRENT_SCHEMA_VERSION,
             payload: Some(Payload::Canonical(normalized.payload)),
@@ -221,10 +225,13 @@ impl NormalizeHandler {
             };
         }
 
-        let ledger = self
+        let mut ledger = self
             .ledger_update(&id, "normalized")
             .with_detail("routing_key", routing_key)
             .with_detail("notes", normalized.notes.len());
+        if let Some(email) = email {
+            ledger = ledger.with_email(email);
+        }
         if let Err(err) = self
             .store
             .complete(

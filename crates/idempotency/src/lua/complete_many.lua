@@ -5,8 +5,9 @@
 -- Per item, in order, KEYS holds:
 --   the idempotency key
 --   the ledger hash                                (only when the item has a ledger update)
+--   the email index (sorted set)                   (only when the ledger update carries an email)
 -- and ARGV holds:
---   "1" if the item has a ledger update, else "0"
+--   "0" without a ledger update, "1" with one, "2" with one that carries an email
 --   ":<token>", the suffix that identifies our "started" record
 --   the finished record: "finished:<fingerprint>"
 --   retention in milliseconds
@@ -14,6 +15,13 @@
 --   ledger first_seen_at                           (only with a ledger update)
 --   n, the number of ledger fields                 (only with a ledger update)
 --   n field, value pairs to HSET                   (only with a ledger update)
+--   the event id, the index member                 (only with an email)
+--   its score: the update's time in unix ms        (only with an email)
+--   how many members the index keeps               (only with an email)
+--
+-- The email index gets the event id with ZADD NX (an event keeps the score it was first indexed
+-- with), is trimmed to its newest members, and gets the ledger's TTL, as `Store::ledger_record`
+-- does in its MULTI.
 --
 -- Returns one reply per item, in order, saying what was found:
 --   "completed"         our started record, replaced by finished
@@ -64,6 +72,21 @@ local function complete(key, suffix, finished, retention, ledger)
     if failed(reply) then
       return reply
     end
+    local index = ledger.index
+    if index then
+      reply = redis.pcall('ZADD', index.key, 'NX', index.score, index.member)
+      if failed(reply) then
+        return reply
+      end
+      reply = redis.pcall('ZREMRANGEBYRANK', index.key, 0, -(tonumber(index.max) + 1))
+      if failed(reply) then
+        return reply
+      end
+      reply = redis.pcall('PEXPIRE', index.key, ledger.ttl)
+      if failed(reply) then
+        return reply
+      end
+    end
   end
   return outcome
 end
@@ -72,7 +95,8 @@ local results = {}
 local k, a = 1, 1
 while k <= #KEYS do
   local key = KEYS[k]
-  local has_ledger = ARGV[a] == '1'
+  local has_ledger = ARGV[a] == '1' or ARGV[a] == '2'
+  local has_index = ARGV[a] == '2'
   local suffix, finished, retention = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   k, a = k + 1, a + 4
   local ledger = nil
@@ -84,6 +108,10 @@ while k <= #KEYS do
       ledger.fields[j] = ARGV[a + j - 1]
     end
     k, a = k + 1, a + 2 * n
+    if has_index then
+      ledger.index = { key = KEYS[k], member = ARGV[a], score = ARGV[a + 1], max = ARGV[a + 2] }
+      k, a = k + 1, a + 3
+    end
   end
   results[#results + 1] = complete(key, suffix, finished, retention, ledger)
 end

@@ -21,6 +21,7 @@ async fn stages_accumulate_and_first_seen_stays() {
         event_id: "ev-1".into(),
         event_type: Some("lead.created".into()),
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        email: None,
         stage: "ingest".into(),
         status: "accepted".into(),
         at: "2026-11-27T10:00:00Z".into(),

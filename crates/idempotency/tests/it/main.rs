@@ -4,6 +4,7 @@
 
 mod batching;
 mod claims;
+mod email_index;
 mod ledger;
 mod outages;
 

@@ -10,3 +10,4 @@ mod fuzz;
 mod helpers;
 mod outage;
 mod shutdown;
+mod timeline;

@@ -81,3 +81,38 @@ async fn starts_not_ready_when_the_broker_is_down_and_becomes_ready_when_it_appe
     assert_eq!(status, 202);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_contact_timeline_answers_503_while_redis_is_away() {
+    let proxy = TcpProxy::start(support::redis_addr()).await;
+    let opts = Options {
+        redis_url: support::url_via(&support::redis_url(), proxy.addr()),
+        ..Options::default()
+    };
+    let app = spawn_ingest_with(opts, true).await;
+    let path = "/v1/contacts/alex@example.com/events";
+    let (status, body) = app.get(path, KEY).await;
+    assert_eq!(status, 200, "{body}");
+
+    proxy.cut();
+    let response = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("request");
+    let (status, body, headers) = split(response).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(
+        headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("2")
+    );
+
+    proxy.restore();
+    app.wait_ready(true, Duration::from_secs(20)).await;
+    let (status, body) = app.get(path, KEY).await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}

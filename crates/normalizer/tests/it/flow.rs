@@ -5,6 +5,7 @@ use std::time::Duration;
 use handoff_bus::trace;
 use handoff_events::EventType;
 use handoff_events::v1::canonical_payload::Event;
+use handoff_idempotency::{RedisConfig, Store};
 use handoff_ingest::auth::key_sha256;
 use handoff_ingest::config::PublisherConfig;
 use handoff_test_support as support;
@@ -177,8 +178,62 @@ async fn a_messy_event_comes_out_clean() {
     assert_eq!(attribution.utm_medium.as_deref(), Some("email"));
     assert_eq!(attribution.utm_campaign.as_deref(), Some("onboarding"));
     assert_eq!(attribution.gclid.as_deref(), Some("abc123"));
+
+    // The ledger indexes the event under the contact's normalized email, for the timeline.
+    let store = Store::new(
+        &RedisConfig {
+            url: support::redis_url(),
+            op_timeout: Duration::from_secs(2),
+        },
+        &world.namespace,
+    )
+    .expect("valid url");
+    let timeline = eventually(Duration::from_secs(10), || async {
+        let ledgers = store
+            .ledger_by_email("acme", "alex@example.com", 20)
+            .await
+            .expect("ledger_by_email");
+        (!ledgers.is_empty()).then_some(ledgers)
+    })
+    .await;
+    assert_eq!(timeline.len(), 1, "{timeline:?}");
+    assert_eq!(timeline[0].event_id, "evt_messy_1");
+    assert_eq!(timeline[0].email.as_deref(), Some("alex@example.com"));
+    assert_eq!(timeline[0].stages["normalizer"].status, "normalized");
+    assert_eq!(timeline[0].stages["ingest"].status, "accepted");
+    // The same timeline through ingest, asked for with the publisher's own spelling.
+    let body: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/contacts/%20Alex@Example.COM%20/events"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["email"], "alex@example.com", "{body}");
+    assert_eq!(body["events"][0]["event_id"], "evt_messy_1", "{body}");
     stop.cancel();
     world.finish().await;
+}
+
+/// Polls `probe` until it answers `Some`, or panics after `within`.
+async fn eventually<T, F, Fut>(within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not there after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
