@@ -39,7 +39,9 @@ pub use headers::{
     HEADER_ATTEMPT, HEADER_ATTEMPTS, HEADER_FIRST_FAILED_AT, HEADER_NOT_BEFORE,
     HEADER_ORIGIN_EXCHANGE, HEADER_ORIGIN_ROUTING_KEY,
 };
-pub use topology::{CRM_CONTACT_SYNCED, CRM_WRITER, EMAIL_WRITER, NORMALIZER, Topology};
+pub use topology::{
+    CRM_CONTACT_SYNCED, CRM_WRITER, EMAIL_SUBSCRIBER_SYNCED, EMAIL_WRITER, NORMALIZER, Topology,
+};
 
 /// AMQP headers as Handoff uses them: string keys, string values.
 ///

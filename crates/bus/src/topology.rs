@@ -33,6 +33,9 @@ pub const CRM_WRITER: &str = "crm-writer";
 pub const EMAIL_WRITER: &str = "email-writer";
 /// Routing key of the crm-writer's report on a contact it wrote (`handoff.v1.Synced`).
 pub const CRM_CONTACT_SYNCED: &str = "crm.contact.synced";
+/// Routing key of the email-writer's report on a member it wrote (`handoff.v1.Synced`): the
+/// crm-writer writes the subscriber id back onto the CRM contact.
+pub const EMAIL_SUBSCRIBER_SYNCED: &str = "email.subscriber.synced";
 
 /// Names of every exchange and queue for one namespace, and the stages that consume.
 ///
@@ -62,14 +65,17 @@ impl Topology {
 
     /// The product's stages: the `normalizer` consumes every raw event (`raw.#`); the
     /// `crm-writer` and the `email-writer` each consume every canonical event
-    /// (`canonical.#`); the `email-writer` also takes the crm-writer's reports
-    /// (`crm.contact.synced`: the CRM ids of the contacts it wrote, for its
-    /// members). Every service declares all of them, so whatever one stage
-    /// publishes is routable and waits for the next even before it has started.
+    /// (`canonical.#`); each also takes the other's reports: the `crm-writer`
+    /// `email.subscriber.synced` (the subscriber id to write back onto the CRM
+    /// contact), the `email-writer` `crm.contact.synced` (the CRM ids of the
+    /// contacts; v1 acks them unused, but every publish is mandatory, so each
+    /// report needs a queue). Every service declares all the stages, so whatever
+    /// one stage publishes is routable and waits for the next even before it
+    /// has started.
     pub fn v1(namespace: impl Into<String>) -> Self {
         Self::new(namespace)
             .with_stage(NORMALIZER, &["raw.#"])
-            .with_stage(CRM_WRITER, &["canonical.#"])
+            .with_stage(CRM_WRITER, &["canonical.#", EMAIL_SUBSCRIBER_SYNCED])
             .with_stage(EMAIL_WRITER, &["canonical.#", CRM_CONTACT_SYNCED])
     }
 
@@ -357,6 +363,13 @@ mod tests {
             vec!["normalizer", "crm-writer", "email-writer"]
         );
         assert_eq!(t.binding_keys("normalizer"), ["raw.#".to_owned()]);
+        assert_eq!(
+            t.binding_keys("crm-writer"),
+            [
+                "canonical.#".to_owned(),
+                "email.subscriber.synced".to_owned()
+            ]
+        );
         assert_eq!(
             t.binding_keys("email-writer"),
             ["canonical.#".to_owned(), "crm.contact.synced".to_owned()]

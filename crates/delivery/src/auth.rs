@@ -267,6 +267,16 @@ pub enum AuthConfig {
         /// The token.
         token: SecretSource,
     },
+    /// HTTP basic auth with a long-lived key as the password (a Mailchimp API key, with any
+    /// username).
+    #[serde(rename = "basic")]
+    Basic {
+        /// Sent as the basic-auth username; Mailchimp ignores it, so the default is `handoff`.
+        #[serde(default = "default_basic_username")]
+        username: String,
+        /// The key.
+        password: SecretSource,
+    },
     /// Short-lived access tokens from an OAuth2 token endpoint, refreshed ahead of expiry and
     /// shared by every replica through Redis.
     #[serde(rename = "oauth2")]
@@ -285,6 +295,10 @@ pub enum AuthConfig {
         #[serde(with = "humantime_serde", default = "default_refresh_ahead")]
         refresh_ahead: Duration,
     },
+}
+
+fn default_basic_username() -> String {
+    "handoff".to_owned()
 }
 
 fn default_refresh_ahead() -> Duration {
@@ -315,6 +329,12 @@ impl AuthConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             AuthConfig::Static { token } => token.validate().map_err(|e| format!("token: {e}")),
+            AuthConfig::Basic { username, password } => {
+                if username.contains(':') {
+                    return Err("username: must not contain ':'".to_owned());
+                }
+                password.validate().map_err(|e| format!("password: {e}"))
+            }
             AuthConfig::OAuth2 {
                 token_url,
                 client_id,
@@ -454,6 +474,10 @@ struct Inner {
 
 enum Kind {
     Static(SecretString),
+    Basic {
+        username: String,
+        password: SecretString,
+    },
     OAuth(Box<OAuth>),
 }
 
@@ -463,6 +487,7 @@ impl fmt::Debug for Credentials {
         out.field("name", &self.inner.name);
         match &self.inner.kind {
             Kind::Static(_) => out.field("kind", &"static"),
+            Kind::Basic { username, .. } => out.field("kind", &"basic").field("username", username),
             Kind::OAuth(oauth) => out
                 .field("kind", &"oauth2")
                 .field("token_url", &oauth.token_url.as_str())
@@ -505,6 +530,10 @@ impl Credentials {
         };
         let kind = match cfg {
             AuthConfig::Static { token } => Kind::Static(read("token", token)?),
+            AuthConfig::Basic { username, password } => Kind::Basic {
+                username: username.clone(),
+                password: read("password", password)?,
+            },
             AuthConfig::OAuth2 {
                 token_url,
                 client_id,
@@ -562,7 +591,25 @@ impl Credentials {
     pub async fn bearer(&self) -> Result<SecretString, AuthError> {
         match &self.inner.kind {
             Kind::Static(token) => Ok(token.clone()),
+            Kind::Basic { password, .. } => Ok(password.clone()),
             Kind::OAuth(oauth) => oauth.token(&self.inner.name, Want::Fresh).await,
+        }
+    }
+
+    /// The `Authorization` header value that carries `secret` (from [`Credentials::bearer`] or
+    /// [`Credentials::after_rejection`]): `Basic base64(username:key)` for basic auth, else
+    /// `Bearer <token>`.
+    pub fn header_value(&self, secret: &SecretString) -> SecretString {
+        use base64::Engine as _;
+        match &self.inner.kind {
+            Kind::Basic { username, .. } => {
+                let pair = format!("{username}:{}", secret.expose_secret());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+                SecretString::from(format!("Basic {encoded}"))
+            }
+            Kind::Static(_) | Kind::OAuth(_) => {
+                SecretString::from(format!("Bearer {}", secret.expose_secret()))
+            }
         }
     }
 
@@ -576,7 +623,7 @@ impl Credentials {
         rejected: &SecretString,
     ) -> Result<SecretString, AuthError> {
         match &self.inner.kind {
-            Kind::Static(_) => Err(AuthError::Rejected {
+            Kind::Static(_) | Kind::Basic { .. } => Err(AuthError::Rejected {
                 name: self.inner.name.clone(),
             }),
             Kind::OAuth(oauth) => {
@@ -1353,5 +1400,35 @@ mod tests {
         ] {
             assert!(!permanent.is_transient(), "{permanent}");
         }
+    }
+
+    #[tokio::test]
+    async fn basic_auth_sends_the_key_as_the_password_and_cannot_be_refreshed() {
+        let cfg: AuthConfig =
+            serde_json::from_str(r#"{"kind":"basic","password":{"value":"key-us21"}}"#)
+                .expect("valid");
+        let redis = RedisHandle::new(&handoff_idempotency::RedisConfig::default()).expect("url");
+        let creds = Credentials::new("mailchimp", &cfg, redis, "ns", reqwest::Client::new())
+            .expect("credentials");
+        let secret = creds.bearer().await.expect("the key");
+        assert_eq!(secret.expose_secret(), "key-us21");
+        // base64("handoff:key-us21")
+        assert_eq!(
+            creds.header_value(&secret).expose_secret(),
+            "Basic aGFuZG9mZjprZXktdXMyMQ=="
+        );
+        assert!(!format!("{creds:?}").contains("key-us21"));
+        assert!(matches!(
+            creds.after_rejection(&secret).await,
+            Err(AuthError::Rejected { .. })
+        ));
+        let bad = AuthConfig::Basic {
+            username: "a:b".to_owned(),
+            password: SecretSource::literal("k"),
+        };
+        assert_eq!(
+            bad.validate(),
+            Err("username: must not contain ':'".to_owned())
+        );
     }
 }

@@ -279,7 +279,8 @@ impl Destination {
                 .bearer()
                 .await
                 .map_err(|err| auth_error(op, &err))?;
-            let answer = self.send(request, token.expose_secret()).await;
+            let authorization = inner.credentials.header_value(&token);
+            let answer = self.send(request, authorization.expose_secret()).await;
             let (status, headers, body) = match answer {
                 Ok(parts) => parts,
                 Err(failure) => {
@@ -391,7 +392,7 @@ impl Destination {
     async fn send(
         &self,
         request: &ApiRequest,
-        token: &str,
+        authorization: &str,
     ) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>), IoFailure> {
         let inner = &*self.inner;
         let url = if request.path.starts_with("http://") || request.path.starts_with("https://") {
@@ -412,10 +413,12 @@ impl Destination {
         let result = async {
             let mut trace_headers = Headers::new();
             handoff_bus::trace::inject_current(&mut trace_headers);
-            let mut builder = inner
-                .http
-                .request(request.method.clone(), &url)
-                .bearer_auth(token);
+            let mut builder = inner.http.request(request.method.clone(), &url);
+            // Marked sensitive, as `bearer_auth` would, so no debug output ever shows it.
+            if let Ok(mut value) = reqwest::header::HeaderValue::from_str(authorization) {
+                value.set_sensitive(true);
+                builder = builder.header(reqwest::header::AUTHORIZATION, value);
+            }
             for (k, v) in trace_headers
                 .iter()
                 .chain(request.headers.iter().map(|(k, v)| (k, v)))
