@@ -5,7 +5,9 @@
 //! publish `crm.contact.synced` → complete the claim with the ledger → ack. The steps every
 //! writer shares, and how a failure is sorted, are `handoff_delivery::WriterStage`'s.
 
-use handoff_bus::{CRM_CONTACT_SYNCED, CRM_WRITER, Delivery, Handler, Outcome};
+use handoff_bus::{
+    CRM_CONTACT_SYNCED, CRM_WRITER, Delivery, EMAIL_SUBSCRIBER_SYNCED, Handler, Outcome,
+};
 use handoff_delivery::writer::metrics;
 use handoff_delivery::{EventIdentity, RestAdapter, WriteError, WriterStage, occurred_at_ms};
 use handoff_events::EventType;
@@ -14,7 +16,7 @@ use handoff_events::v1::{CanonicalPayload, Envelope, ErrorClass, Synced, SyncedR
 use tracing::{Instrument as _, debug, field};
 
 use crate::hubspot::{HubSpot, Touched, WriteFacts};
-use crate::plan::{EventFacts, ObjectKind, Plan, plan};
+use crate::plan::{EventFacts, ObjectKind, Plan, plan, write_back_plan};
 use crate::routes::RoutesConfig;
 
 /// Where the writer sends events: HubSpot (the routes and plans of this crate) or an internal
@@ -68,6 +70,11 @@ impl CrmHandler {
             Ok(decoded) => decoded,
             Err(outcome) => return outcome,
         };
+        if envelope.event_type == EMAIL_SUBSCRIBER_SYNCED {
+            return self
+                .write_back(delivery, &envelope, id.for_step("write-back"))
+                .await;
+        }
         let Ok(event_type) = envelope.event_type.parse::<EventType>() else {
             let message = format!("unknown event type {:?}", envelope.event_type);
             return stage
@@ -129,6 +136,67 @@ impl CrmHandler {
             .with_detail("records", records_detail(&touched));
         stage.delivered(&id, &claimed, &ledger).await;
         debug!(records = touched.len(), "Written to the CRM.");
+        Outcome::Ack
+    }
+
+    /// An `email.subscriber.synced` report: the subscriber id onto the CRM contact, under its own
+    /// claim and ledger entry (`crm-writer.write-back`). The stale guard orders it by the original
+    /// event's `occurred_at`, so a report about an older event never overwrites a newer id.
+    async fn write_back(
+        &self,
+        delivery: &Delivery,
+        envelope: &Envelope,
+        id: EventIdentity,
+    ) -> Outcome {
+        let stage = &self.stage;
+        let hubspot = match &self.adapter {
+            Adapter::HubSpot(hubspot) if self.routes.email_subscriber_synced.enabled => hubspot,
+            // A REST tool has no contact to write back onto.
+            _ => return stage.skip(&id),
+        };
+        let synced = match &envelope.payload {
+            Some(Payload::Synced(synced)) => synced,
+            _ => {
+                let message = "an email.subscriber.synced message without a Synced report";
+                return stage
+                    .reject(&id, ErrorClass::Undecodable, message.to_owned(), None)
+                    .await;
+            }
+        };
+        let plan = match write_back_plan(synced) {
+            Ok(plan) => plan,
+            Err(err) => {
+                return stage
+                    .reject(&id, ErrorClass::Validation, err.to_string(), None)
+                    .await;
+            }
+        };
+        let claimed = match stage.claim(&id, envelope, delivery).await {
+            Ok(claimed) => claimed,
+            Err(outcome) => return outcome,
+        };
+        let write = WriteFacts {
+            event_id: &id.event_id,
+            event_type: &id.event_type,
+            source: &envelope.source,
+            occurred_at_ms: occurred_at_ms(envelope),
+        };
+        let touched = match hubspot.apply(&plan, write).await {
+            Ok(touched) => touched,
+            Err(err) => {
+                stage.release(&claimed).await;
+                return stage.failed(&id, delivery, err).await;
+            }
+        };
+        for t in &touched {
+            metrics::record(CRM_WRITER, t.key.kind.label(), t.disposition);
+        }
+        let ledger = stage
+            .ledger_update(&id, "delivered")
+            .with_detail("destination", id.destination)
+            .with_detail("records", records_detail(&touched));
+        stage.delivered(&id, &claimed, &ledger).await;
+        debug!("Wrote the subscriber id back onto the CRM contact.");
         Outcome::Ack
     }
 

@@ -123,6 +123,34 @@ pub enum PlanError {
     },
     #[error("{0} has no identifier the CRM can find it by (email, external id or CRM id)")]
     NoIdentifier(&'static str),
+    #[error("the report names no subscriber with an email and an id")]
+    NoSubscriber,
+}
+
+/// The CRM contact property that holds the email platform's subscriber id.
+pub const SUBSCRIBER_ID_PROPERTY: &str = "handoff_email_subscriber_id";
+
+/// The write-back of an `email.subscriber.synced` report: the subscriber id onto the contact,
+/// found by the member's email (an upsert, so a report that arrives before the contact's own
+/// event creates the contact, and that event then updates it rather than making a second one).
+pub fn write_back_plan(synced: &handoff_events::v1::Synced) -> Result<Plan, PlanError> {
+    let subscriber = synced
+        .records
+        .iter()
+        .find(|r| r.kind == "subscriber" && r.key_property == "email")
+        .filter(|r| !r.id.trim().is_empty() && r.key.contains('@'))
+        .ok_or(PlanError::NoSubscriber)?;
+    let email = subscriber.key.trim().to_lowercase();
+    let mut properties = BTreeMap::new();
+    properties.insert("email".to_owned(), email.clone());
+    properties.insert(SUBSCRIBER_ID_PROPERTY.to_owned(), subscriber.id.clone());
+    Ok(Plan {
+        upserts: vec![Upsert {
+            key: RecordKey::new(ObjectKind::Contact, "email", email),
+            properties,
+        }],
+        associations: Vec::new(),
+    })
 }
 
 /// What the planner needs besides the payload.
@@ -503,7 +531,7 @@ fn contact_properties(
     put(&mut props, "handoff_external_id", c.external_id.as_deref());
     put(
         &mut props,
-        "handoff_email_subscriber_id",
+        SUBSCRIBER_ID_PROPERTY,
         c.email_subscriber_id.as_deref(),
     );
     if let Some(opt_in) = c.marketing_opt_in {
@@ -901,5 +929,52 @@ mod tests {
         assert_eq!(minor_to_decimal(0), "0.00");
         assert_eq!(minor_to_decimal(5), "0.05");
         assert_eq!(minor_to_decimal(-1999), "-19.99");
+    }
+
+    #[test]
+    fn a_subscriber_report_becomes_one_contact_upsert_by_email() {
+        use handoff_events::v1::{Synced, SyncedRecord};
+        let record = |kind: &str, id: &str, key_property: &str, key: &str| SyncedRecord {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            key_property: key_property.to_owned(),
+            key: key.to_owned(),
+            disposition: "updated".to_owned(),
+        };
+        let synced = |records| Synced {
+            stage: "email-writer".to_owned(),
+            destination: "mailchimp".to_owned(),
+            delivered_event_type: "lead.created".to_owned(),
+            records,
+        };
+        let plan = write_back_plan(&synced(vec![record(
+            "subscriber",
+            "62eeb292278cc15f5817cb78f7790b08",
+            "email",
+            "Alex@Example.com",
+        )]))
+        .expect("a plan");
+        assert!(plan.associations.is_empty());
+        assert_eq!(plan.upserts.len(), 1);
+        let upsert = &plan.upserts[0];
+        assert_eq!(
+            upsert.key,
+            RecordKey::new(ObjectKind::Contact, "email", "alex@example.com")
+        );
+        assert_eq!(
+            upsert
+                .properties
+                .get(SUBSCRIBER_ID_PROPERTY)
+                .map(String::as_str),
+            Some("62eeb292278cc15f5817cb78f7790b08")
+        );
+        for bad in [
+            vec![],
+            vec![record("contact", "1", "email", "a@b.c")],
+            vec![record("subscriber", "", "email", "a@b.c")],
+            vec![record("subscriber", "x", "email", "not-an-email")],
+        ] {
+            assert_eq!(write_back_plan(&synced(bad)), Err(PlanError::NoSubscriber));
+        }
     }
 }

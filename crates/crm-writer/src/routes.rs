@@ -24,6 +24,9 @@ pub struct RoutesConfig {
     pub payment_failed: Route,
     /// `contact.updated` → upsert the contact.
     pub contact_updated: Route,
+    /// `email.subscriber.synced` (the email-writer's report) → the subscriber id onto the
+    /// contact's `handoff_email_subscriber_id`, found by email.
+    pub email_subscriber_synced: Route,
     /// The HubSpot values the routes write.
     pub values: CrmValues,
 }

@@ -52,9 +52,19 @@ pub struct EventIdentity {
     pub publisher_id: String,
     /// The destination the writer feeds (`hubspot`, `mailchimp`, `rest`).
     pub destination: &'static str,
+    /// A second piece of work about the same event (e.g. `write-back`, for a `*.synced` report),
+    /// with its own claim and its own ledger entry (`{stage}.{step}`), so it never collides with
+    /// the event's own.
+    pub step: Option<&'static str>,
 }
 
 impl EventIdentity {
+    /// The same event, for another piece of work (see [`EventIdentity::step`]).
+    pub fn for_step(mut self, step: &'static str) -> Self {
+        self.step = Some(step);
+        self
+    }
+
     fn failure(&self, class: ErrorClass, message: impl Into<String>) -> Failure {
         Failure {
             event_id: self.event_id.clone(),
@@ -104,6 +114,7 @@ impl WriterStage {
                     event_type: envelope.event_type.clone(),
                     publisher_id: envelope.publisher_id.clone(),
                     destination,
+                    step: None,
                 };
                 let span = tracing::Span::current();
                 span.record("event_id", id.event_id.as_str());
@@ -140,7 +151,7 @@ impl WriterStage {
         envelope: &Envelope,
         delivery: &Delivery,
     ) -> Result<Claimed, Outcome> {
-        let key = IdempotencyKey::new(self.stage, &id.publisher_id, &id.event_id);
+        let key = IdempotencyKey::new(self.stage_of(id), &id.publisher_id, &id.event_id);
         let fingerprint = hex::encode(&envelope.content_sha256);
         match self
             .store
@@ -365,11 +376,21 @@ impl WriterStage {
         }
     }
 
+    /// The name claims and the ledger use for `id`'s work: the stage, or `{stage}.{step}`.
+    fn stage_of(&self, id: &EventIdentity) -> String {
+        match id.step {
+            Some(step) => format!("{}.{step}", self.stage),
+            None => self.stage.to_owned(),
+        }
+    }
+
     /// A ledger update from this stage about `id`, with its type, trace id and the ledger's TTL.
     pub fn ledger_update(&self, id: &EventIdentity, status: &str) -> LedgerUpdate {
-        let mut update = LedgerUpdate::now(&id.publisher_id, &id.event_id, self.stage, status)
-            .with_ttl(self.ledger_ttl);
-        if !id.event_type.is_empty() {
+        let mut update =
+            LedgerUpdate::now(&id.publisher_id, &id.event_id, self.stage_of(id), status)
+                .with_ttl(self.ledger_ttl);
+        // A step's message (a `*.synced` report) is not the event: it leaves the type alone.
+        if !id.event_type.is_empty() && id.step.is_none() {
             update = update.with_event_type(&id.event_type);
         }
         if let Some(trace_id) = handoff_bus::trace::current_trace_id() {

@@ -1,10 +1,11 @@
 //! The request log and the statistics tests count side effects with.
 //!
 //! Every vendor request (not `/_sandbox/*`) becomes one [`RequestEntry`] once it is answered or
-//! dropped: when, what, which token, the status, the injected fault if any, and for writes one
-//! [`Write`] per record touched, saying create or update and under which key (the unique property
-//! value the caller identified the record by, else its id). [`Stats`] is kept as entries arrive, so
-//! it stays exact after the log is trimmed to its capacity.
+//! dropped: when, what, which token, the caller's W3C `traceparent` (so a trace test can check the
+//! request's parent is the caller's client span), the status, the injected fault if any, and for
+//! writes one [`Write`] per record touched, saying create or update and under which key (the
+//! unique property value the caller identified the record by, else its id). [`Stats`] is kept as
+//! entries arrive, so it stays exact after the log is trimmed to its capacity.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -47,6 +48,10 @@ pub struct RequestEntry {
     pub path: String,
     /// The credential presented, if any: HubSpot's bearer token, Mailchimp's API key.
     pub token: Option<String>,
+    /// The request's `traceparent` header as sent, if any: its parent id is the caller's client
+    /// span. `default` so logs written before the field existed still read.
+    #[serde(default)]
+    pub traceparent: Option<String>,
     /// The status answered; `None` when the connection was dropped without an answer.
     pub status: Option<u16>,
     /// The injected fault that shaped the answer: `outage`, `storm`, `error`, `timeout`.
@@ -160,6 +165,7 @@ mod tests {
             method: "POST".into(),
             path: "/".into(),
             token: None,
+            traceparent: None,
             status,
             fault: None,
             writes,

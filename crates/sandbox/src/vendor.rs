@@ -1,8 +1,8 @@
 //! What every vendor API shares: the layer that applies injected faults ([`crate::faults`]) and
-//! writes the request log ([`crate::request_log`]), and the [`Writes`] extension handlers use to
-//! tell it which records they touched. Each vendor module wraps its routes in
-//! [`faults_and_log`] with its own [`Api`], which picks the error bodies faulted answers carry and
-//! how the caller's credential is read for the log.
+//! writes the request log ([`crate::request_log`], with each request's `traceparent`), and the
+//! [`Writes`] extension handlers use to tell it which records they touched. Each vendor module
+//! wraps its routes in [`faults_and_log`] with its own [`Api`], which picks the error bodies
+//! faulted answers carry and how the caller's credential is read for the log.
 //!
 //! Mailchimp's connection limit is applied here too, before the fault decision: a request held by
 //! a latency or timeout fault still occupies one of the key's connections, as it would at
@@ -114,6 +114,11 @@ async fn serve_faulted_and_logged(sb: Sandbox, api: Api, req: Request, next: Nex
     let path = req.uri().path().to_owned();
     let auth = authorization(&req);
     let credential = api.credential(auth.as_deref());
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
 
     // Held while the request is served, faults included, so a held request keeps its connection.
     let slot = match api {
@@ -155,6 +160,7 @@ async fn serve_faulted_and_logged(sb: Sandbox, api: Api, req: Request, next: Nex
             method,
             path,
             token: credential,
+            traceparent,
             status,
             fault: fault.map(str::to_owned),
             writes,

@@ -3,7 +3,10 @@
 //! Tests share one RabbitMQ and one Redis; each test isolates itself with a
 //! random [`namespace`] (a prefix for every exchange, queue and Redis key) and
 //! cleans up after itself. Outages are simulated with a [`TcpProxy`] the test
-//! controls, never by stopping the shared servers.
+//! controls, never by stopping the shared servers. Trace tests export to an
+//! [`otlp::OtlpReceiver`] and assert on the spans it kept.
+
+pub mod otlp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

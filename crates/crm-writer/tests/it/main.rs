@@ -7,3 +7,4 @@ mod helpers;
 mod quota;
 mod rest;
 mod routes;
+mod write_back;

@@ -129,6 +129,24 @@ async fn the_request_log_and_stats_are_exact() {
 }
 
 #[tokio::test]
+async fn the_request_log_keeps_each_request_s_traceparent() {
+    let hs = start().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    hs.http
+        .get(hs.url("/crm/v3/objects/contacts/1"))
+        .bearer_auth(TEST_TOKEN)
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap();
+    hs.get("/crm/v3/objects/contacts/2").await;
+
+    let log = hs.sb.requests();
+    let seen: Vec<Option<&str>> = log.iter().map(|e| e.traceparent.as_deref()).collect();
+    assert_eq!(seen, vec![Some(traceparent), None]);
+}
+
+#[tokio::test]
 async fn reset_returns_to_start_up_state() {
     let mut cfg = testing::config();
     cfg.faults.seed = Some(9);
