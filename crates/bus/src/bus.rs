@@ -215,7 +215,9 @@ impl Bus {
             otel.name = %format!("publish {}", msg.routing_key),
             otel.kind = "producer",
             messaging.system = "rabbitmq",
-            messaging.operation.type = "publish",
+            // Semantic conventions 1.27+: the type is `send`, the system's own name `publish`.
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
             messaging.destination.name = exchange,
             messaging.rabbitmq.destination.routing_key = %msg.routing_key,
             messaging.message.id = msg.message_id.as_deref().unwrap_or(""),

@@ -219,7 +219,7 @@ pub async fn run<H: Handler>(
     }
     let queue: Arc<str> = bus.topology().stage_queue(stage).into();
     let stage: Arc<str> = stage.into();
-    let span_name: Arc<str> = format!("{queue} process").into();
+    let span_name: Arc<str> = format!("process {queue}").into();
     let tag = format!("handoff-{stage}-{:016x}", rand::rng().random::<u64>());
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut channel: Option<Channel> = None;
@@ -336,7 +336,7 @@ struct TaskCtx {
     bus: Bus,
     stage: Arc<str>,
     queue: Arc<str>,
-    /// `"{queue} process"`, the consumer span's name, built once rather than per message.
+    /// `"process {queue}"`, the consumer span's name, built once rather than per message.
     span_name: Arc<str>,
 }
 
@@ -347,7 +347,8 @@ async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message:
         otel.name = &*ctx.span_name,
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
-        messaging.operation = "process",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
         messaging.destination.name = %ctx.queue,
         messaging.message.id = delivery.message_id.as_deref().unwrap_or(""),
         messaging.rabbitmq.destination.routing_key = %delivery.routing_key,

@@ -400,12 +400,24 @@ impl Destination {
         } else {
             format!("{}{}", inner.base_url, request.path)
         };
+        // `server.address` / `server.port` are required by the HTTP client conventions.
+        let parsed = url::Url::parse(&url).ok();
+        let server_address = parsed
+            .as_ref()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let server_port = parsed
+            .as_ref()
+            .and_then(url::Url::port_or_known_default)
+            .unwrap_or_default();
         let span = tracing::info_span!(
             "http",
             otel.name = %format_args!("{} {}", request.method, request.operation),
             otel.kind = "client",
             http.request.method = %request.method,
             url.full = %url,
+            server.address = %server_address,
+            server.port = server_port,
             handoff.destination = %inner.name,
             http.response.status_code = field::Empty,
         );

@@ -100,12 +100,9 @@ const HOPS: &[Hop] = &[
 /// span made exactly one request. The email-writer adds `(EMAIL_WRITER, "mailchimp")`.
 const DESTINATIONS: &[(&str, &str)] = &[(CRM_WRITER, "hubspot")];
 
-/// The span `Store::claim` should emit ("idempotency check"). TODO(idempotency span): the
-/// idempotency crate emits no span yet, so its absence is tolerated; set to `true` once
-/// `crates/idempotency/src/store.rs` has it, and the test then requires it under the
-/// crm-writer's consume span, ended before the first destination call.
+/// The span `Store::claim` emits (the idempotency check): required under each writer's consume
+/// span, ended before its first destination call, with the check's result.
 const CLAIM_SPAN: &str = "idempotency claim";
-const CLAIM_SPAN_REQUIRED: bool = false;
 
 #[tokio::test]
 async fn one_customer_converted_is_one_trace_from_ingest_to_the_crm() {
@@ -243,7 +240,7 @@ impl Expected<'_> {
         });
         let clients = in_trace
             .iter()
-            .filter(|s| s.kind == SpanKind::Client)
+            .filter(|s| s.kind == SpanKind::Client && s.attr("handoff.destination").is_some())
             .count();
         consumed && clients >= self.requests.len()
     }
@@ -290,12 +287,14 @@ impl Expected<'_> {
             "ingest's span is the caller's child\n{tree}"
         );
         assert_eq!(server.attr("http.request.method"), Some("POST"), "{tree}");
-        // TODO(semconv): `http.route` is the path template alone; ingest puts the method in
-        // front ("POST /v1/events/{event_type}"). Either passes.
-        assert!(
-            server
-                .attr("http.route")
-                .is_some_and(|r| r.trim_start_matches("POST ") == "/v1/events/{event_type}"),
+        assert_eq!(
+            server.attr("http.route"),
+            Some("/v1/events/{event_type}"),
+            "{tree}"
+        );
+        assert_eq!(
+            server.attr("http.response.status_code"),
+            Some("202"),
             "{tree}"
         );
         assert_eq!(server.attr("event_id"), Some(EVENT_ID), "{tree}");
@@ -360,9 +359,13 @@ impl Expected<'_> {
                 Some(EVENT_ID),
                 "{tree}"
             );
-            // TODO(semconv): "publish" was renamed "send" in the messaging conventions 1.27.
             assert_eq!(
                 producer.attr("messaging.operation.type"),
+                Some("send"),
+                "{tree}"
+            );
+            assert_eq!(
+                producer.attr("messaging.operation.name"),
                 Some("publish"),
                 "{tree}"
             );
@@ -382,7 +385,7 @@ impl Expected<'_> {
                     consumers.len()
                 );
             };
-            assert_eq!(consumer.name, format!("{queue} process"), "{tree}");
+            assert_eq!(consumer.name, format!("process {queue}"), "{tree}");
             assert_eq!(
                 consumer.attr("messaging.system"),
                 Some("rabbitmq"),
@@ -398,12 +401,8 @@ impl Expected<'_> {
                 Some(hop.routing_key),
                 "{tree}"
             );
-            // TODO(semconv): the conventions name it `messaging.operation.type`; the consumer
-            // still says `messaging.operation`. Either passes.
             assert_eq!(
-                consumer
-                    .attr("messaging.operation.type")
-                    .or(consumer.attr("messaging.operation")),
+                consumer.attr("messaging.operation.type"),
                 Some("process"),
                 "{tree}"
             );
@@ -430,7 +429,10 @@ impl Expected<'_> {
                 .iter()
                 .copied()
                 .filter(|s| {
-                    s.kind == SpanKind::Client && consumes.iter().any(|c| trace.descends_from(s, c))
+                    // Destination calls; the idempotency checks are client spans too (Redis).
+                    s.kind == SpanKind::Client
+                        && s.attr("handoff.destination").is_some()
+                        && consumes.iter().any(|c| trace.descends_from(s, c))
                 })
                 .collect();
             let requests: Vec<&RequestEntry> =
@@ -490,6 +492,11 @@ impl Expected<'_> {
                     "{tree}"
                 );
                 assert_eq!(client.attr("handoff.destination"), Some(*api), "{tree}");
+                assert_eq!(client.attr("server.address"), Some("127.0.0.1"), "{tree}");
+                assert!(
+                    client.attr("server.port").is_some_and(|p| p != "0"),
+                    "{tree}"
+                );
             }
             assert_eq!(
                 parents, client_ids,
@@ -505,17 +512,19 @@ impl Expected<'_> {
             let claim = trace.spans.iter().find(|s| {
                 s.name == CLAIM_SPAN && consumes.iter().any(|c| trace.descends_from(s, c))
             });
-            match claim {
-                Some(claim) => assert!(
-                    claim.end_unix_nanos <= first_call,
-                    "the {stage}'s claim ends after its first destination call\n{tree}"
-                ),
-                None if CLAIM_SPAN_REQUIRED => {
-                    panic!("no {CLAIM_SPAN:?} span under the {stage}'s consume span\n{tree}")
-                }
-                // TODO(idempotency span): tolerated until the span exists.
-                None => {}
-            }
+            let Some(claim) = claim else {
+                panic!("no {CLAIM_SPAN:?} span under the {stage}'s consume span\n{tree}")
+            };
+            assert!(
+                claim.end_unix_nanos <= first_call,
+                "the {stage}'s claim ends after its first destination call\n{tree}"
+            );
+            assert_eq!(
+                claim.attr("handoff.claim.result"),
+                Some("acquired"),
+                "{tree}"
+            );
+            assert_eq!(claim.attr("db.system.name"), Some("redis"), "{tree}");
         }
     }
 }

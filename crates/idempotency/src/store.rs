@@ -37,6 +37,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::batch::{BatchCall, BatchResult, Batcher};
 use crate::ledger::{FIRST_SEEN_AT, LEDGER_EMAIL_INDEX_MAX, Ledger, LedgerUpdate};
@@ -263,11 +264,33 @@ impl Store {
             record: format!("{STARTED}{fingerprint}:{}", token.as_str()),
             lease_ms: millis(lease),
         };
-        let existing = self.coalesced(self.inner.claims.submit(item)).await?;
-        match existing {
+        // A client span per check, so a trace shows where the dedupe decision was made and what
+        // it was (OpenTelemetry's database conventions: Redis is the system).
+        let span = tracing::info_span!(
+            "idempotency.claim",
+            otel.name = "idempotency claim",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA",
+            handoff.stage = %key.stage,
+            handoff.claim.result = tracing::field::Empty,
+        );
+        let existing = self
+            .coalesced(self.inner.claims.submit(item))
+            .instrument(span.clone())
+            .await?;
+        let claim = match existing {
             None => Ok(Claim::Acquired(token)),
             Some(record) => parse_record(&redis_key, &record),
-        }
+        };
+        let result = match &claim {
+            Ok(Claim::Acquired(_)) => "acquired",
+            Ok(Claim::Done { .. }) => "done",
+            Ok(Claim::InFlight { .. }) => "in_flight",
+            Err(_) => "error",
+        };
+        span.record("handoff.claim.result", result);
+        claim
     }
 
     /// Replaces our started record with `"finished:<fingerprint>"`, kept for `retention`, and
@@ -335,7 +358,18 @@ impl Store {
                 }),
             }),
         };
-        let outcome = self.coalesced(self.inner.completions.submit(item)).await?;
+        let span = tracing::info_span!(
+            "idempotency.complete",
+            otel.name = "idempotency complete",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA",
+            handoff.stage = %key.stage,
+        );
+        let outcome = self
+            .coalesced(self.inner.completions.submit(item))
+            .instrument(span)
+            .await?;
         match outcome.as_str() {
             "completed" => Ok(Completion::Completed),
             "lease_expired" => Ok(Completion::LeaseExpired),

@@ -107,6 +107,7 @@ async fn respond(
             err.into_response()
         });
         metrics::request(endpoint, response.status(), started.elapsed());
+        Span::current().record("http.response.status_code", response.status().as_u16());
         response
     }
     .instrument(span)
@@ -398,13 +399,17 @@ fn invalid_parameter(path: &str, message: String) -> ApiError {
 
 /// The server span of one request, a child of the caller's `traceparent` if any.
 fn request_span(route: &'static str, headers: &HeaderMap) -> Span {
-    let method = route.split(' ').next().unwrap_or("POST");
+    // `route` is "METHOD /template": the span's name, per the HTTP conventions; `http.route` is
+    // the template alone.
+    let (method, template) = route.split_once(' ').unwrap_or(("POST", route));
     let span = tracing::info_span!(
         "ingest.request",
         otel.name = route,
         otel.kind = "server",
         http.request.method = method,
-        http.route = route,
+        http.route = template,
+        url.scheme = "http",
+        http.response.status_code = field::Empty,
         publisher_id = field::Empty,
         event_id = field::Empty,
         trace_id = field::Empty,
