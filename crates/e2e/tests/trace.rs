@@ -23,20 +23,16 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use handoff_bus::{BusConfig, CRM_WRITER, NORMALIZER};
-use handoff_delivery::{AuthConfig, PacingConfig, SecretSource};
-use handoff_idempotency::RedisConfig;
-use handoff_ingest::auth::key_sha256;
-use handoff_ingest::config::PublisherConfig;
+use handoff_bus::{CRM_WRITER, NORMALIZER};
+use handoff_e2e::{
+    KEY, PUBLISHER, TIERS, redis_config, start_crm_writer, start_ingest, start_normalizer,
+};
 use handoff_kit::telemetry::{LogFormat, TelemetryConfig};
 use handoff_sandbox::request_log::RequestEntry;
-use handoff_sandbox::testing::{self, TEST_TOKEN};
+use handoff_sandbox::testing;
 use handoff_test_support as support;
 use handoff_test_support::otlp::{OtlpReceiver, ReceivedSpan, SpanKind, render_tree};
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// The `service.name` of every span: the services share this process and so one tracer provider.
 /// In production each binary names itself; here spans are told apart by name and attributes.
@@ -47,14 +43,9 @@ const EVENT: &str = include_str!("../../../deploy/demo-event.json");
 const EVENT_TYPE: &str = "customer.converted";
 const EVENT_ID: &str = "evt_2026_03_19_000123";
 const CONTACT_EMAIL: &str = "alex@example.com";
-const PUBLISHER: &str = "acme";
-const KEY: &str = "e2e-test-key";
 
 /// The stage name for ingest's HTTP request in [`HOPS`]: it publishes but consumes nothing.
 const INGEST: &str = "ingest";
-
-/// One retry tier for every service (and the teardown): few delay queues to declare and delete.
-const TIERS: [Duration; 1] = [Duration::from_secs(1)];
 
 /// The parent tells the child where things are through these (`HANDOFF_TEST_*` is never read as
 /// service configuration).
@@ -612,11 +603,11 @@ fn pipeline_child() {
 }
 
 async fn run_pipeline(namespace: &str, sandbox_url: &str, traceparent: &str) {
-    let (ingest, ingest_url) = start_ingest(namespace).await;
+    let (ingest, ingest_url) = start_ingest(namespace, |_| {}).await;
     let services = vec![
         ingest,
-        start_normalizer(namespace).await,
-        start_crm_writer(namespace, sandbox_url).await,
+        start_normalizer(namespace, |_| {}).await,
+        start_crm_writer(namespace, sandbox_url, |_| {}).await,
         // The email-writer starts here.
     ];
     for service in &services {
@@ -672,147 +663,4 @@ async fn wait_for_contact(sandbox_url: &str, email: &str, within: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A service running in-process.
-struct Service {
-    name: &'static str,
-    admin_url: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Service {
-    fn spawn(
-        name: &'static str,
-        admin_url: String,
-        run: impl FnOnce(CancellationToken) -> JoinHandle<anyhow::Result<()>>,
-    ) -> Service {
-        let shutdown = CancellationToken::new();
-        let task = run(shutdown.clone());
-        Service {
-            name,
-            admin_url,
-            shutdown,
-            task,
-        }
-    }
-
-    /// Waits until `/readyz` says the service is connected to the broker and Redis.
-    async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.admin_url);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never became ready",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Cancels the service and waits until it has drained and returned.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(20), self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => panic!("{} failed: {err:#}", self.name),
-            Ok(Err(err)) => panic!("{} panicked: {err}", self.name),
-            Err(_) => panic!("{} did not stop within 20 s", self.name),
-        }
-    }
-}
-
-async fn listener() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    (listener, url)
-}
-
-/// What every service's bus uses: the test broker, quick reconnects, the test's retry tiers.
-fn bus_config() -> BusConfig {
-    BusConfig {
-        url: support::amqp_url(),
-        publish_timeout: Duration::from_secs(5),
-        reconnect_min_delay: Duration::from_millis(50),
-        reconnect_max_delay: Duration::from_millis(500),
-        retry_delays: TIERS.to_vec(),
-        shutdown_grace: Duration::from_secs(5),
-        ..BusConfig::default()
-    }
-}
-
-fn redis_config() -> RedisConfig {
-    RedisConfig {
-        url: support::redis_url(),
-        op_timeout: Duration::from_millis(500),
-    }
-}
-
-/// Ingest for one publisher allowed every event type; returns it and its base URL.
-async fn start_ingest(namespace: &str) -> (Service, String) {
-    let mut cfg = handoff_ingest::Config {
-        namespace: namespace.to_owned(),
-        ..handoff_ingest::Config::default()
-    };
-    cfg.bus = bus_config();
-    cfg.redis = redis_config();
-    cfg.publishers = vec![PublisherConfig {
-        id: PUBLISHER.into(),
-        key_sha256: key_sha256(KEY),
-        event_types: vec!["*".into()],
-        rate_per_second: 1_000,
-        burst: 1_000,
-    }];
-    let (http, url) = listener().await;
-    let (admin, admin_url) = listener().await;
-    let service = Service::spawn("ingest", admin_url, |stop| {
-        tokio::spawn(handoff_ingest::run(cfg, http, admin, stop))
-    });
-    (service, url)
-}
-
-async fn start_normalizer(namespace: &str) -> Service {
-    let mut cfg = handoff_normalizer::Config {
-        namespace: namespace.to_owned(),
-        ..handoff_normalizer::Config::default()
-    };
-    cfg.bus = bus_config();
-    cfg.redis = redis_config();
-    let (admin, admin_url) = listener().await;
-    Service::spawn("the normalizer", admin_url, |stop| {
-        tokio::spawn(handoff_normalizer::run(cfg, admin, stop))
-    })
-}
-
-/// The crm-writer against the sandbox's HubSpot with its test token and a quota that never
-/// paces a single event.
-async fn start_crm_writer(namespace: &str, sandbox_url: &str) -> Service {
-    let mut cfg = handoff_crm_writer::Config {
-        namespace: namespace.to_owned(),
-        ..handoff_crm_writer::Config::default()
-    };
-    cfg.bus = bus_config();
-    cfg.redis = redis_config();
-    cfg.hubspot.base_url = sandbox_url.to_owned();
-    cfg.hubspot.auth = AuthConfig::Static {
-        token: SecretSource {
-            env: None,
-            file: None,
-            value: Some(TEST_TOKEN.to_owned().into()),
-        },
-    };
-    cfg.hubspot.pacing = PacingConfig {
-        limit: 10_000,
-        per: Duration::from_secs(1),
-        ..PacingConfig::default()
-    };
-    let (admin, admin_url) = listener().await;
-    Service::spawn("the crm-writer", admin_url, |stop| {
-        tokio::spawn(handoff_crm_writer::run(cfg, admin, stop))
-    })
 }
