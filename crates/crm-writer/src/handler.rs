@@ -86,7 +86,7 @@ impl CrmHandler {
             Adapter::Rest(rest) => rest.handles(event_type.as_str()),
         };
         if !routed {
-            return stage.skip(&id);
+            return stage.no_route(&id).await;
         }
         let work = match self.work(&id, event_type, &envelope) {
             Ok(work) => work,

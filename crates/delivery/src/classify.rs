@@ -18,8 +18,10 @@
 //!
 //! Refusals carry the vendor's own message from its JSON error body (HubSpot's
 //! `{"status","message","category","correlationId"}`, Mailchimp's problem+json
-//! `{"type","title","status","detail","instance"}`, or a generic `message` / `detail` / `error`),
-//! so a dead letter says what the destination said. Network failures, which have no status, are
+//! `{"type","title","status","detail","instance"}` with its field-level `errors[]`, or a generic
+//! `message` / `detail` / `error`), so a dead letter says what the destination said. A 429
+//! without `Retry-After` (Mailchimp's connection limit sends none) leaves the pause to the
+//! writer's `http.default_retry_after`. Network failures, which have no status, are
 //! classified by [`Verdict::from_io`]. No HTTP client is involved: the caller passes the status,
 //! the `Retry-After` value and the body.
 
@@ -205,7 +207,7 @@ impl VendorError {
             },
             Vendor::Mailchimp => VendorError {
                 category: field("title"),
-                message: field("detail"),
+                message: mailchimp_message(field("detail"), &json),
             },
             Vendor::Generic => VendorError {
                 category: None,
@@ -235,6 +237,30 @@ impl VendorError {
             reason.extend(message.chars().take(MAX_MESSAGE_CHARS));
         }
         reason
+    }
+}
+
+/// Mailchimp's `detail`, followed by its `errors[]` (`{field, message}`) when there are any: on
+/// "Invalid Resource" the detail only says "see the 'errors' array", and the field-level reason
+/// is what a person fixing the dead letter needs.
+fn mailchimp_message(detail: Option<String>, json: &Value) -> Option<String> {
+    let errors: Vec<String> = json
+        .get("errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let message = e.get("message").and_then(Value::as_str)?.trim();
+            match e.get("field").and_then(Value::as_str).map(str::trim) {
+                Some(field) if !field.is_empty() => Some(format!("{field}: {message}")),
+                _ => Some(message.to_owned()),
+            }
+        })
+        .collect();
+    match (detail, errors.is_empty()) {
+        (detail, true) => detail,
+        (Some(detail), false) => Some(format!("{detail} ({})", errors.join("; "))),
+        (None, false) => Some(errors.join("; ")),
     }
 }
 
@@ -290,6 +316,8 @@ mod tests {
     const MC_FORBIDDEN: &str = r#"{"type":"https://mailchimp.com/developer/marketing/docs/errors/","title":"Forbidden","status":403,"detail":"The API key provided is linked to a different datacenter","instance":"9e4"}"#;
     const MC_COMPLIANCE: &str = r#"{"type":"https://mailchimp.com/developer/marketing/docs/errors/","title":"Forgotten Email Not Subscribed","status":400,"detail":"a@example.com was permanently deleted and cannot be re-imported.","instance":"9e5"}"#;
     const MC_TOO_MANY: &str = r#"{"type":"https://mailchimp.com/developer/marketing/docs/errors/","title":"Too Many Requests","status":429,"detail":"You have exceeded the limit of 10 simultaneous connections.","instance":"9e6"}"#;
+    const MC_FIELDS: &str = r#"{"type":"https://mailchimp.com/developer/marketing/docs/errors/","title":"Invalid Resource","status":400,"detail":"The resource submitted could not be validated.","instance":"9e8","errors":[{"field":"email_address","message":"This value should be a valid email."},{"field":"merge_fields.BDAY","message":"Invalid date"}]}"#;
+    const MC_COMPLIANCE_STATE: &str = r#"{"type":"https://mailchimp.com/developer/marketing/docs/errors/","title":"Member In Compliance State","status":400,"detail":"a@example.com is already a list member in compliance state due to unsubscribe, bounce, or compliance review.","instance":"9e9"}"#;
     const MC_UNAVAILABLE: &str = r#"{"title":"Service Unavailable","status":503,"detail":"Try again later","instance":"9e7"}"#;
 
     #[test]
@@ -313,6 +341,10 @@ mod tests {
             (HubSpot, 429, None, HS_RATE, Verdict::RateLimited { retry_after: None }),
             (HubSpot, 429, Some("10"), HS_RATE, Verdict::RateLimited { retry_after: secs(10) }),
             (Mailchimp, 429, Some(date), MC_TOO_MANY, Verdict::RateLimited { retry_after: secs(90) }),
+            // The connection limit's 429 has no Retry-After: the writer's `default_retry_after`.
+            (Mailchimp, 429, None, MC_TOO_MANY, Verdict::RateLimited { retry_after: None }),
+            (Mailchimp, 400, None, MC_FIELDS, permanent("HTTP 400 Invalid Resource: The resource submitted could not be validated. (email_address: This value should be a valid email.; merge_fields.BDAY: Invalid date)")),
+            (Mailchimp, 400, None, MC_COMPLIANCE_STATE, permanent("HTTP 400 Member In Compliance State: a@example.com is already a list member in compliance state due to unsubscribe, bounce, or compliance review.")),
             (Generic, 429, Some("soon"), "", Verdict::RateLimited { retry_after: None }),
             (HubSpot, 401, None, HS_EXPIRED, Verdict::Reauthenticate),
             (HubSpot, 401, None, HS_INVALID_AUTH, Verdict::Reauthenticate),

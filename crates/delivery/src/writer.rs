@@ -136,11 +136,23 @@ impl WriterStage {
         }
     }
 
-    /// Counts an event that has nothing to do here (its route is off) and acks it.
+    /// Counts a message that has nothing to do here (a report this stage does not use, a step
+    /// switched off) and acks it, leaving the ledger alone.
     pub fn skip(&self, id: &EventIdentity) -> Outcome {
         metrics::event(self.stage, &id.event_type, "skipped");
-        debug!("No route for this event type; acking.");
+        debug!("Nothing to do for this message; acking.");
         Outcome::Ack
+    }
+
+    /// An event whose type has no route here: noted in the ledger as `skipped`, so the event's
+    /// timeline says this stage saw it and had nothing to send, then counted and acked.
+    pub async fn no_route(&self, id: &EventIdentity) -> Outcome {
+        let update = self
+            .ledger_update(id, "skipped")
+            .with_detail("destination", id.destination)
+            .with_detail("reason", "no route for this event type");
+        self.note(&update).await;
+        self.skip(id)
     }
 
     /// Claims the event for this stage. `Err` is the outcome to return at once: a duplicate is

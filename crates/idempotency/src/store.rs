@@ -275,10 +275,18 @@ impl Store {
             handoff.stage = %key.stage,
             handoff.claim.result = tracing::field::Empty,
         );
-        let existing = self
+        let existing = match self
             .coalesced(self.inner.claims.submit(item))
             .instrument(span.clone())
-            .await?;
+            .await
+        {
+            Ok(existing) => existing,
+            Err(err) => {
+                span.record("handoff.claim.result", "error");
+                self.take_back_unanswered_claim(key, token);
+                return Err(err);
+            }
+        };
         let claim = match existing {
             None => Ok(Claim::Acquired(token)),
             Some(record) => parse_record(&redis_key, &record),
@@ -291,6 +299,28 @@ impl Store {
         };
         span.record("handoff.claim.result", result);
         claim
+    }
+
+    /// A claim whose answer did not come back in time may still have landed (or land later, from
+    /// a batch still queued): then every retry of the event would find it "in flight" and wait a
+    /// whole lease for a worker that gave up. So the claim is released in the background, twice,
+    /// one and two `op_timeout`s later; release only deletes a record carrying our token, so this
+    /// never touches anyone else's claim.
+    fn take_back_unanswered_claim(&self, key: &IdempotencyKey, token: ClaimToken) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.clone();
+        let key = key.clone();
+        let wait = self.inner.shared.op_timeout;
+        runtime.spawn(async move {
+            for _ in 0..2 {
+                tokio::time::sleep(wait).await;
+                if let Err(err) = store.release(&key, &token).await {
+                    tracing::debug!(error = %err, "Could not take back an unanswered claim yet.");
+                }
+            }
+        });
     }
 
     /// Replaces our started record with `"finished:<fingerprint>"`, kept for `retention`, and

@@ -269,6 +269,10 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     async fn start() -> PrivateRedis {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> PrivateRedis {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             listener.local_addr().expect("addr").port()
@@ -276,6 +280,7 @@ impl PrivateRedis {
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -369,4 +374,54 @@ async fn a_cut_connection_fails_every_waiting_claim_quickly_and_recovers() {
         assert!(matches!(result, Ok(Claim::Acquired(_))), "{result:?}");
     }
     handoff_test_support::cleanup_redis(store.namespace()).await;
+}
+
+/// A claim whose answer came too late (the server was stalled) still landed; the store takes it
+/// back, so the event's retry acquires it instead of waiting a whole lease for nobody.
+#[tokio::test]
+async fn a_claim_answered_too_late_is_taken_back() {
+    let redis = PrivateRedis::start_with(&["--enable-debug-command", "yes"]).await;
+    let cfg = RedisConfig {
+        url: redis.url.clone(),
+        op_timeout: Duration::from_millis(200),
+    };
+    let store = Store::new(&cfg, "private").expect("url");
+    // A first claim loads the script, so the late one is one EVALSHA that runs on waking.
+    assert!(matches!(
+        store.claim(&key("warm"), "fp", LEASE).await,
+        Ok(Claim::Acquired(_))
+    ));
+    // Stall the server for a second on a connection of its own: the claim queues behind it.
+    let client = redis::Client::open(redis.url.as_str()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let stall = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1")
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = store.claim(&key("late"), "fp", LEASE).await;
+    assert!(matches!(late, Err(StoreError::Timeout(_))), "{late:?}");
+    // (The stalling client may time out too; the server sleeps its second all the same.)
+    let _ = stall.await;
+    // The claim ran when the server woke up, and was released right after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match store.claim(&key("late"), "fp", LEASE).await {
+            Ok(Claim::Acquired(_)) => break,
+            Ok(Claim::InFlight { .. }) | Err(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the unanswered claim was never taken back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
 }

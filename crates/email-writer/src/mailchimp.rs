@@ -1,0 +1,320 @@
+//! The Mailchimp adapter: carries out a [`MemberPlan`] with Marketing API v3 calls through the
+//! shared delivery engine (pacing, basic auth with the API key, client span, classification; a
+//! 429 is waited out without using an attempt).
+//!
+//! 1. Merge fields: ownership drops those another system owns, then the stale guard (per field,
+//!    record `member:<list>:<hash>`) drops those a newer event already wrote.
+//! 2. `PUT /3.0/lists/{list}/members/{hash}` with `status_if_new` and never `status` (see
+//!    `plan.rs`): Mailchimp creates the member the first time and updates it after, and leaves
+//!    an existing member's status alone, so the writer never resubscribes anyone. The PUT is
+//!    made even when every merge field is stale: it is what makes sure the member exists for
+//!    the tags and the event, and it changes nothing else.
+//! 3. `POST …/tags` with the plan's tags (adding a tag twice is a no-op).
+//! 4. The member event, at most once per (event name, member, invoice): see
+//!    [`Mailchimp::send_event_once`].
+//!
+//! Mailchimp answers the PUT with `200` and the member whether it created it or not, and no
+//! field of the answer tells the two apart reliably (`last_changed` moves on updates too), so a
+//! member's disposition is reported as `upserted`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use handoff_bus::EMAIL_WRITER;
+use handoff_delivery::writer::metrics;
+use handoff_delivery::{ApiRequest, Destination, OwnershipConfig, StaleGuard, WriteError};
+use handoff_idempotency::{Claim, Completion, Store};
+use reqwest::Method;
+use serde_json::Value;
+use tracing::{debug, error, warn};
+
+use crate::plan::{self, MemberEvent, MemberPlan};
+
+/// The destination's name in metrics, pacing, credentials, stale-guard keys and ownership tables.
+pub const DESTINATION: &str = "mailchimp";
+
+/// The disposition of every member write (see the module docs).
+pub const UPSERTED: &str = "upserted";
+
+/// What the writer knows about the event besides its plan.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteFacts<'a> {
+    /// The event's id: the stale guard's mark and the member event's claim say who wrote.
+    pub event_id: &'a str,
+    /// For metrics.
+    pub event_type: &'a str,
+    /// With the event id, what the member event's claim records as its sender.
+    pub publisher_id: &'a str,
+    /// The system the event came from (the envelope's `source`), for field ownership.
+    pub source: &'a str,
+    /// When the event happened, in ms since the epoch, for the stale guard.
+    pub occurred_at_ms: i64,
+}
+
+/// What became of the member event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Posted now.
+    Sent,
+    /// Posted before, by this event or another about the same invoice: not posted again.
+    AlreadySent,
+}
+
+impl EventOutcome {
+    /// `sent` / `already_sent`, for the ledger and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            EventOutcome::Sent => "sent",
+            EventOutcome::AlreadySent => "already_sent",
+        }
+    }
+}
+
+/// The member as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Mailchimp's member id (the subscriber hash).
+    pub member_id: String,
+    /// The member's status after the upsert, as Mailchimp answered it.
+    pub status: String,
+    /// Merge fields left out because a newer event wrote them.
+    pub stale_fields: Vec<String>,
+    pub member_event: Option<EventOutcome>,
+}
+
+/// Why the plan was not carried out.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Another worker holds the claim on this member event (a concurrent event about the same
+    /// invoice, or a worker that died holding it until its lease runs out): try again later.
+    #[error("another worker is sending this member event")]
+    EventInFlight,
+}
+
+impl From<handoff_delivery::CallError> for ApplyError {
+    fn from(err: handoff_delivery::CallError) -> Self {
+        ApplyError::Write(err.into())
+    }
+}
+
+/// The adapter; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Mailchimp {
+    /// Mailchimp's API through the shared engine (pacing, API key, classification).
+    pub destination: Destination,
+    /// The audience every member is written to.
+    pub list_id: String,
+    /// Per merge field, the newest event that wrote it.
+    pub stale: StaleGuard,
+    /// Which system owns which merge field (destination `mailchimp`).
+    pub ownership: OwnershipConfig,
+    /// Holds the member events' step claims.
+    pub store: Store,
+    /// How long a member event's claim blocks others: the dedupe lease, which outlasts a call
+    /// with its 429 waits.
+    pub event_lease: Duration,
+    /// How long a sent member event is remembered (`routes.payment_failed.remember_for`).
+    pub event_retention: Duration,
+}
+
+impl Mailchimp {
+    /// Writes the member, its tags and its event.
+    pub async fn apply(
+        &self,
+        plan: &MemberPlan,
+        facts: WriteFacts<'_>,
+    ) -> Result<Applied, ApplyError> {
+        let merge_fields = self.admitted_merge_fields(plan, facts).await?;
+        let stale_fields: Vec<String> = plan
+            .merge_fields
+            .keys()
+            .filter(|f| !merge_fields.contains_key(*f))
+            .cloned()
+            .collect();
+        let path = plan::member_path(&self.list_id, &plan.subscriber_hash);
+        let request = ApiRequest::new(Method::PUT, path.clone(), "member.upsert")
+            .json(plan::upsert_body(plan, &merge_fields));
+        let answer = self.destination.call(&request).await?;
+        let member_id = answer
+            .body
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| {
+                WriteError::Unexpected("the member upsert answered without an id".to_owned())
+            })?
+            .to_owned();
+        let status = answer
+            .body
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+
+        if !plan.tags.is_empty() {
+            let request = ApiRequest::new(Method::POST, format!("{path}/tags"), "member.tags")
+                .json(plan::tags_body(&plan.tags));
+            self.destination.call(&request).await?;
+        }
+        let member_event = match &plan.event {
+            Some(event) => Some(self.send_event_once(plan, event, facts).await?),
+            None => None,
+        };
+        Ok(Applied {
+            member_id,
+            status,
+            stale_fields,
+            member_event,
+        })
+    }
+
+    /// The plan's merge fields less those another system owns and those a newer event wrote.
+    async fn admitted_merge_fields(
+        &self,
+        plan: &MemberPlan,
+        facts: WriteFacts<'_>,
+    ) -> Result<BTreeMap<String, String>, WriteError> {
+        let filtered =
+            self.ownership
+                .writable(DESTINATION, facts.source, plan.merge_fields.clone());
+        for (field, owner) in &filtered.skipped {
+            metrics::owned_field_skipped(EMAIL_WRITER, owner);
+            debug!(field, owner, "Left out a merge field another system owns.");
+        }
+        let mut write = filtered.write;
+        let fields: Vec<&str> = write.keys().map(String::as_str).collect();
+        let record = plan::guard_key(&self.list_id, &plan.subscriber_hash);
+        let admission = self
+            .stale
+            .admit_fields(
+                DESTINATION,
+                &record,
+                facts.occurred_at_ms,
+                facts.event_id,
+                &fields,
+            )
+            .await
+            .map_err(|err| WriteError::Guard(err.to_string()))?;
+        if !admission.stale.is_empty() {
+            metrics::stale_skipped(
+                EMAIL_WRITER,
+                facts.event_type,
+                "subscriber",
+                admission.stale.len(),
+            );
+            debug!(
+                %record,
+                fields = ?admission.stale,
+                newer_seen = admission.newer_seen,
+                "Left out merge fields a newer event has written."
+            );
+            write.retain(|field, _| !admission.stale.contains(field));
+        }
+        Ok(write)
+    }
+
+    /// Posts `event` unless it was posted before, under a step-level claim on
+    /// (event name, member, invoice) in the idempotency store: claimed right before the POST,
+    /// completed right after it. A finished claim means another event about the same invoice, or
+    /// an earlier delivery of this one, posted it: nothing is sent. A claim another worker holds
+    /// means it is posting it now: the message is deferred, and then finds the claim finished
+    /// (skip) or released (post). A failed POST releases the claim, so the retry can post.
+    ///
+    /// Residual risk, stated plainly: the POST and the completion are two systems, so there is a
+    /// window between Mailchimp recording the event and the completion reaching Redis. If the
+    /// process dies in it (or Redis is unreachable throughout the completion's few retries), the
+    /// claim stays `started` until its lease runs out; the redelivered message then claims again
+    /// and posts the event a second time. The same holds for an answer lost on the way back (a
+    /// timeout or a reset after Mailchimp applied the POST): that is a transient failure, the
+    /// claim is released and the retry posts again. The window is kept as small as it can be
+    /// (the completion is the very next step, one Redis round trip, retried at once), but it
+    /// cannot be closed from this side: Mailchimp's events endpoint takes no idempotency key.
+    /// Mailchimp does list a member's events (`GET …/members/{hash}/events`); a check there
+    /// before posting after an expired claim would close it, but the sandbox does not serve that
+    /// route, so the writer does not call it.
+    ///
+    /// The claim's lease (`dedupe.lease`) must also outlast the call, its wait for one of the
+    /// `max_in_flight` connections included; a completion that finds the claim lost says so (an
+    /// error log and `handoff_writer_records_total{record="member_event",
+    /// disposition="lease_lost"}`).
+    pub async fn send_event_once(
+        &self,
+        plan: &MemberPlan,
+        event: &MemberEvent,
+        facts: WriteFacts<'_>,
+    ) -> Result<EventOutcome, ApplyError> {
+        let key = plan::event_key(&self.list_id, &plan.subscriber_hash, event);
+        // Says which event sent it, for an SRE reading the record.
+        let fingerprint = format!("{}/{}", facts.publisher_id, facts.event_id);
+        let token = match self.store.claim(&key, &fingerprint, self.event_lease).await {
+            Ok(Claim::Acquired(token)) => token,
+            Ok(Claim::Done { fingerprint: by }) => {
+                metrics::record(EMAIL_WRITER, "member_event", "already_sent");
+                debug!(sent_by = %by, "The member event was sent before; not sending it again.");
+                return Ok(EventOutcome::AlreadySent);
+            }
+            Ok(Claim::InFlight { .. }) => return Err(ApplyError::EventInFlight),
+            Err(err) => {
+                return Err(WriteError::Guard(format!(
+                    "the member event's claim is unavailable: {err}"
+                ))
+                .into());
+            }
+        };
+        let request = ApiRequest::new(
+            Method::POST,
+            format!(
+                "{}/events",
+                plan::member_path(&self.list_id, &plan.subscriber_hash)
+            ),
+            "member.event",
+        )
+        .json(plan::event_body(event));
+        if let Err(err) = self.destination.call(&request).await {
+            if let Err(release) = self.store.release(&key, &token).await {
+                debug!(error = %release, "Could not release the member event's claim; it will expire.");
+            }
+            return Err(err.into());
+        }
+        // The window described above starts here: complete at once, and retry a failed
+        // completion briefly rather than leave it to the lease.
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=3 {
+            match self
+                .store
+                .complete_with_outcome(&key, &token, &fingerprint, self.event_retention, None)
+                .await
+            {
+                Ok(completion) => {
+                    if matches!(
+                        completion,
+                        Completion::AlreadyFinished | Completion::ClaimedByOther
+                    ) {
+                        // The lease ran out while this call waited (for a connection, or out
+                        // 429s), and another event about the invoice took the claim: it may
+                        // have posted too. Said loudly: the lease is too short for the load.
+                        error!(
+                            ?completion,
+                            "The member event's claim ran out before it was sent; another worker may have sent it too. Raise dedupe.lease."
+                        );
+                        metrics::record(EMAIL_WRITER, "member_event", "lease_lost");
+                    }
+                    metrics::record(EMAIL_WRITER, "member_event", "sent");
+                    return Ok(EventOutcome::Sent);
+                }
+                Err(err) if attempt < 3 => {
+                    warn!(error = %err, attempt, "Could not record the sent member event; trying again.");
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+                Err(err) => {
+                    error!(error = %err, "Sent the member event but could not record it: a retry after the claim's lease would send it again.");
+                }
+            }
+        }
+        metrics::record(EMAIL_WRITER, "member_event", "sent");
+        Ok(EventOutcome::Sent)
+    }
+}
