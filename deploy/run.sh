@@ -10,6 +10,7 @@ API=http://127.0.0.1:8080
 ADMIN=http://127.0.0.1:9090
 NORMALIZER_ADMIN=http://127.0.0.1:9091
 CRM_WRITER_ADMIN=http://127.0.0.1:9092
+EMAIL_WRITER_ADMIN=http://127.0.0.1:9093
 SANDBOX=http://127.0.0.1:8090
 SANDBOX_ADMIN=http://127.0.0.1:9190
 mkdir -p "$RUN_DIR"
@@ -18,7 +19,7 @@ log() { printf '==> %s\n' "$*"; }
 
 log "Building (release)"
 # Only the services: the bench and test tools are not needed to run.
-cargo build --release --quiet -p handoff-ingest -p handoff-normalizer -p handoff-crm-writer -p handoff-sandbox
+cargo build --release --quiet -p handoff-ingest -p handoff-normalizer -p handoff-crm-writer -p handoff-email-writer -p handoff-sandbox
 
 # A development key, made once and kept, so the printed curl line keeps working.
 if [[ ! -s $RUN_DIR/dev-api-key ]]; then
@@ -74,6 +75,22 @@ log_format = "json"
 base_url = "$SANDBOX"
 TOML
 
+cat >"$RUN_DIR/email-writer.toml" <<TOML
+# Written by deploy/run.sh for local development: the sandbox's Mailchimp on 8090.
+# crates/email-writer/email-writer.example.toml lists every setting with its default.
+namespace = "handoff"
+
+[admin]
+listen = "127.0.0.1:9093"
+
+[telemetry]
+log_format = "json"
+
+[mailchimp]
+base_url = "$SANDBOX"
+list_id = "sandbox-list"
+TOML
+
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -98,7 +115,7 @@ wait_ready() {
   exit 1
 }
 
-log "Starting the sandbox CRM (HubSpot CRM v3 stand-in; logs: $RUN_DIR/sandbox.log)"
+log "Starting the sandbox (HubSpot CRM v3 and Mailchimp Marketing v3 stand-ins; logs: $RUN_DIR/sandbox.log)"
 target/release/handoff-sandbox >>"$RUN_DIR/sandbox.log" 2>&1 &
 pids+=($!)
 log "Starting ingest (logs: $RUN_DIR/ingest.log)"
@@ -112,10 +129,16 @@ log "Starting crm-writer (logs: $RUN_DIR/crm-writer.log)"
 HUBSPOT_ACCESS_TOKEN=pat-local-dev HANDOFF_CONFIG=$RUN_DIR/crm-writer.toml \
   target/release/handoff-crm-writer >>"$RUN_DIR/crm-writer.log" 2>&1 &
 pids+=($!)
+log "Starting email-writer (logs: $RUN_DIR/email-writer.log)"
+# The sandbox's development API key; a real account's key (ending -<dc>) goes here instead.
+MAILCHIMP_API_KEY=sandbox-key-us1 HANDOFF_CONFIG=$RUN_DIR/email-writer.toml \
+  target/release/handoff-email-writer >>"$RUN_DIR/email-writer.log" 2>&1 &
+pids+=($!)
 wait_ready ingest "$ADMIN" "$RUN_DIR/ingest.log"
 wait_ready normalizer "$NORMALIZER_ADMIN" "$RUN_DIR/normalizer.log"
 wait_ready sandbox "$SANDBOX_ADMIN" "$RUN_DIR/sandbox.log"
 wait_ready crm-writer "$CRM_WRITER_ADMIN" "$RUN_DIR/crm-writer.log"
+wait_ready email-writer "$EMAIL_WRITER_ADMIN" "$RUN_DIR/email-writer.log"
 
 EVENT_ID="evt_demo_$(date +%s)"
 DEMO=$(sed "s/evt_2026_03_19_000123/$EVENT_ID/" deploy/demo-event.json)
@@ -127,8 +150,14 @@ cat <<INFO
     Admin      ingest $ADMIN/metrics  $ADMIN/readyz
                normalizer $NORMALIZER_ADMIN/metrics  $NORMALIZER_ADMIN/readyz
                crm-writer $CRM_WRITER_ADMIN/metrics  $CRM_WRITER_ADMIN/readyz
+               email-writer $EMAIL_WRITER_ADMIN/metrics  $EMAIL_WRITER_ADMIN/readyz
     API key    $KEY   (publisher "dev", development only)
     Sandbox    $SANDBOX  (HubSpot CRM v3 stand-in, token pat-local-dev; records: $SANDBOX/_sandbox/records/contacts)
+               (Mailchimp Marketing v3 stand-in, key sandbox-key-us1, list sandbox-list; members: $SANDBOX/_sandbox/mailchimp/members)
+
+  What happened to an event, or to a person:
+    curl -sS $API/v1/events/<event_id> -H "Authorization: Bearer $KEY"
+    curl -sS $API/v1/contacts/alex@example.com/events -H "Authorization: Bearer $KEY"
 
   Send an event:
     curl -sS -X POST $API/v1/events/customer.converted \\
@@ -148,23 +177,28 @@ log "Demo: the same event again (a safe retry)"
 curl -sS -X POST "$API/v1/events/customer.converted" \
   -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$DEMO"
 echo
-# status EVENT_ID: polls the ledger until the crm-writer has had its say, then prints it.
+# status EVENT_ID: polls the ledger until both writers and the write-back have had their say
+# (or 15 s passed), then prints it.
 status() {
   local body=""
   for _ in $(seq 1 60); do
     body=$(curl -sS "$API/v1/events/$1" -H "Authorization: Bearer $KEY")
-    [[ $body == *'"crm-writer"'* ]] && break
+    [[ $body == *'"crm-writer"'* && $body == *'"email-writer"'* ]] &&
+      { [[ $body != *'"email-writer":{"status":"delivered"'* ]] || [[ $body == *'"crm-writer.write-back"'* ]]; } && break
     sleep 0.25
   done
   printf '%s\n' "$body"
 }
-log "Demo: GET /v1/events/$EVENT_ID (ingest accepted it, the normalizer published its canonical form, the crm-writer wrote it to the CRM)"
+log "Demo: GET /v1/events/$EVENT_ID (ingest accepted it, the normalizer published its canonical form, the crm-writer wrote it to the CRM, the email-writer upserted the member, and the crm-writer wrote the subscriber id back)"
 status "$EVENT_ID"
 echo
 log "Demo: the CRM records it produced (the sandbox's view: GET $SANDBOX/_sandbox/records/{contacts,deals})"
 curl -sS "$SANDBOX/_sandbox/records/contacts"
 echo
 curl -sS "$SANDBOX/_sandbox/records/deals"
+echo
+log "Demo: the email member it produced (the sandbox's view: GET $SANDBOX/_sandbox/mailchimp/members)"
+curl -sS "$SANDBOX/_sandbox/mailchimp/members"
 echo
 log "(No plan on the contact: [ownership] says billing owns it, and this event's source is \"crm\". The writer's log says so at debug level.)"
 
@@ -176,6 +210,9 @@ curl -sS -X POST "$API/v1/events/lead.created" \
   -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$MESSY"
 echo
 status "$MESSY_ID"
+log "Demo: Alex's timeline, GET /v1/contacts/alex@example.com/events (every event about one person, newest first)"
+curl -sS "$API/v1/contacts/alex@example.com/events" -H "Authorization: Bearer $KEY"
+echo
 log "Its canonical form (handoff-normalizer check, the same code and maps as the running service):"
 printf '%s' "$MESSY" | target/release/handoff-normalizer check lead.created --config "$RUN_DIR/normalizer.toml" || true
 echo

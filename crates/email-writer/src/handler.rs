@@ -180,6 +180,9 @@ impl EmailHandler {
                 if let Some(outcome) = applied.member_event {
                     ledger = ledger.with_detail("member_event", outcome.label());
                 }
+                if !applied.owned_fields.is_empty() {
+                    ledger = ledger.with_detail("owned_fields", applied.owned_fields.clone());
+                }
                 if !applied.stale_fields.is_empty() {
                     ledger = ledger.with_detail("stale_fields", applied.stale_fields.clone());
                 }

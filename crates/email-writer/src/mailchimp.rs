@@ -79,7 +79,16 @@ pub struct Applied {
     pub status: String,
     /// Merge fields left out because a newer event wrote them.
     pub stale_fields: Vec<String>,
+    /// Merge fields left out because another system owns them (`[ownership]`).
+    pub owned_fields: Vec<String>,
     pub member_event: Option<EventOutcome>,
+}
+
+/// The merge fields to write, and those left out and why.
+struct Admitted {
+    write: BTreeMap<String, String>,
+    owned: Vec<String>,
+    stale: Vec<String>,
 }
 
 /// Why the plan was not carried out.
@@ -126,13 +135,11 @@ impl Mailchimp {
         plan: &MemberPlan,
         facts: WriteFacts<'_>,
     ) -> Result<Applied, ApplyError> {
-        let merge_fields = self.admitted_merge_fields(plan, facts).await?;
-        let stale_fields: Vec<String> = plan
-            .merge_fields
-            .keys()
-            .filter(|f| !merge_fields.contains_key(*f))
-            .cloned()
-            .collect();
+        let Admitted {
+            write: merge_fields,
+            owned: owned_fields,
+            stale: stale_fields,
+        } = self.admitted_merge_fields(plan, facts).await?;
         let path = plan::member_path(&self.list_id, &plan.subscriber_hash);
         let request = ApiRequest::new(Method::PUT, path.clone(), "member.upsert")
             .json(plan::upsert_body(plan, &merge_fields));
@@ -166,6 +173,7 @@ impl Mailchimp {
             member_id,
             status,
             stale_fields,
+            owned_fields,
             member_event,
         })
     }
@@ -175,7 +183,7 @@ impl Mailchimp {
         &self,
         plan: &MemberPlan,
         facts: WriteFacts<'_>,
-    ) -> Result<BTreeMap<String, String>, WriteError> {
+    ) -> Result<Admitted, WriteError> {
         let filtered =
             self.ownership
                 .writable(DESTINATION, facts.source, plan.merge_fields.clone());
@@ -212,7 +220,15 @@ impl Mailchimp {
             );
             write.retain(|field, _| !admission.stale.contains(field));
         }
-        Ok(write)
+        Ok(Admitted {
+            write,
+            owned: filtered
+                .skipped
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect(),
+            stale: admission.stale,
+        })
     }
 
     /// Posts `event` unless it was posted before, under a step-level claim on

@@ -267,9 +267,17 @@ async fn only_billing_writes_the_plan() {
         )
     };
     world.publish(&converted("from-app", "app", "free")).await;
-    world
+    let ledger = world
         .wait_ledger("from-app", "delivered", Duration::from_secs(10))
         .await;
+    // Left out because billing owns it, and said so (it is not stale: nothing newer wrote it).
+    let detail = &ledger["stages"]["email-writer"]["detail"];
+    assert_eq!(
+        detail["owned_fields"],
+        serde_json::json!(["PLAN"]),
+        "{ledger}"
+    );
+    assert!(detail.get("stale_fields").is_none(), "{ledger}");
     let member = world.member(email);
     assert_eq!(merge(&member, "PLAN"), None, "the app does not own PLAN");
     assert_eq!(merge(&member, "COMPANY").as_deref(), Some("app co"));
