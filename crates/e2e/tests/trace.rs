@@ -1,18 +1,21 @@
 //! One event, one trace: ingest's HTTP request → its publish → the normalizer's consume and
-//! publish → the crm-writer's consume → its HubSpot calls → the requests the sandbox received,
-//! every span in the caller's trace with its parent where it belongs.
+//! publish → each writer's consume → its idempotency check and its HubSpot or Mailchimp calls →
+//! the requests the sandbox received; then the writers' reports (the email-writer's
+//! `email.subscriber.synced` → the crm-writer's write-back call), every span in the caller's
+//! trace with its parent where it belongs.
 //!
 //! Telemetry is process-wide and every service's `main.rs` installs it with
 //! `handoff_kit::telemetry::init`, which exports only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! Setting a variable in a running test is `unsafe` in edition 2024 and the workspace forbids
 //! unsafe code, so the test runs this binary twice:
-//! - the parent, [`one_customer_converted_is_one_trace_from_ingest_to_the_crm`], owns what must
+//! - the parent, [`one_customer_converted_is_one_trace_from_ingest_to_both_vendors`], owns what must
 //!   outlive the pipeline: the OTLP receiver, the namespace (torn down even if the child dies) and
 //!   the sandbox, whose request log keeps each request's `traceparent`. It runs the child with the
 //!   receiver as its OTLP endpoint, then asserts on the ledger, the sandbox and the spans;
 //! - the child, [`pipeline_child`] (ignored unless the parent starts it), installs telemetry as a
-//!   service does, starts ingest, the normalizer and the crm-writer in-process, posts one
-//!   `customer.converted` with the parent's `traceparent`, waits for the contact in the sandbox,
+//!   service does, starts ingest, the normalizer and both writers in-process, posts one
+//!   `customer.converted` with the parent's `traceparent`, waits until the ledger says both
+//!   writers and the write-back delivered it,
 //!   stops the services (each drains its in-flight message) and drops the telemetry guard, which
 //!   exports every span before the process exits.
 //!
@@ -23,9 +26,10 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use handoff_bus::{CRM_WRITER, NORMALIZER};
+use handoff_bus::{CRM_WRITER, EMAIL_WRITER, NORMALIZER};
 use handoff_e2e::{
-    KEY, PUBLISHER, TIERS, redis_config, start_crm_writer, start_ingest, start_normalizer,
+    KEY, PUBLISHER, TIERS, redis_config, start_crm_writer, start_email_writer, start_ingest,
+    start_normalizer,
 };
 use handoff_kit::telemetry::{LogFormat, TelemetryConfig};
 use handoff_sandbox::request_log::RequestEntry;
@@ -43,6 +47,9 @@ const EVENT: &str = include_str!("../../../deploy/demo-event.json");
 const EVENT_TYPE: &str = "customer.converted";
 const EVENT_ID: &str = "evt_2026_03_19_000123";
 const CONTACT_EMAIL: &str = "alex@example.com";
+
+/// The crm-writer's ledger entry for the write-back of the subscriber id.
+const WRITE_BACK: &str = "crm-writer.write-back";
 
 /// The stage name for ingest's HTTP request in [`HOPS`]: it publishes but consumes nothing.
 const INGEST: &str = "ingest";
@@ -76,27 +83,36 @@ const HOPS: &[Hop] = &[
         routing_key: "canonical.customer.converted",
         to: Some(CRM_WRITER),
     },
-    // The email-writer: its copy of the canonical event, and the crm-writer's report.
-    //   Hop { from: NORMALIZER, routing_key: "canonical.customer.converted", to: Some(EMAIL_WRITER) },
+    // Each writer gets its own copy of the canonical event.
+    Hop {
+        from: NORMALIZER,
+        routing_key: "canonical.customer.converted",
+        to: Some(EMAIL_WRITER),
+    },
+    // The writers' reports: the email-writer's is the write-back, the crm-writer's is acked.
+    Hop {
+        from: EMAIL_WRITER,
+        routing_key: "email.subscriber.synced",
+        to: Some(CRM_WRITER),
+    },
     Hop {
         from: CRM_WRITER,
         routing_key: "crm.contact.synced",
-        // TODO(email-writer): Some(EMAIL_WRITER); until then the report waits in its queue.
-        to: None,
+        to: Some(EMAIL_WRITER),
     },
 ];
 
 /// Which stage calls which sandbox API (`RequestEntry::api`): each request the sandbox logged for
 /// the API is the child of one client span under the stage's consume span, and each such client
-/// span made exactly one request. The email-writer adds `(EMAIL_WRITER, "mailchimp")`.
-const DESTINATIONS: &[(&str, &str)] = &[(CRM_WRITER, "hubspot")];
+/// span made exactly one request.
+const DESTINATIONS: &[(&str, &str)] = &[(CRM_WRITER, "hubspot"), (EMAIL_WRITER, "mailchimp")];
 
 /// The span `Store::claim` emits (the idempotency check): required under each writer's consume
 /// span, ended before its first destination call, with the check's result.
 const CLAIM_SPAN: &str = "idempotency claim";
 
 #[tokio::test]
-async fn one_customer_converted_is_one_trace_from_ingest_to_the_crm() {
+async fn one_customer_converted_is_one_trace_from_ingest_to_both_vendors() {
     let receiver = OtlpReceiver::start().await;
     let namespace = support::namespace();
     let mut guard = support::TeardownOnDrop::new(&namespace, &TIERS);
@@ -423,7 +439,7 @@ impl Expected<'_> {
                     // Destination calls; the idempotency checks are client spans too (Redis).
                     s.kind == SpanKind::Client
                         && s.attr("handoff.destination").is_some()
-                        && consumes.iter().any(|c| trace.descends_from(s, c))
+                        && trace.handled_in(s, &consumes)
                 })
                 .collect();
             let requests: Vec<&RequestEntry> =
@@ -500,9 +516,10 @@ impl Expected<'_> {
                 .map(|s| s.start_unix_nanos)
                 .min()
                 .unwrap_or(u64::MAX);
-            let claim = trace.spans.iter().find(|s| {
-                s.name == CLAIM_SPAN && consumes.iter().any(|c| trace.descends_from(s, c))
-            });
+            let claim = trace
+                .spans
+                .iter()
+                .find(|s| s.name == CLAIM_SPAN && trace.handled_in(s, &consumes));
             let Some(claim) = claim else {
                 panic!("no {CLAIM_SPAN:?} span under the {stage}'s consume span\n{tree}")
             };
@@ -546,6 +563,27 @@ impl<'a> Trace<'a> {
         false
     }
 
+    /// The nearest consumer span above `span`: the delivery whose handling made it (a report's
+    /// consumer sits inside the handling of the message that published it, so an older consumer
+    /// further up belongs to another stage).
+    fn handling_consumer(&self, span: &ReceivedSpan) -> Option<&'a ReceivedSpan> {
+        let mut parent = span.parent_span_id.as_str();
+        for _ in 0..self.spans.len() {
+            let next = self.by_id(parent)?;
+            if next.kind == SpanKind::Consumer {
+                return Some(next);
+            }
+            parent = next.parent_span_id.as_str();
+        }
+        None
+    }
+
+    /// True when `span` was made while handling one of the deliveries `consumes`.
+    fn handled_in(&self, span: &ReceivedSpan, consumes: &[&ReceivedSpan]) -> bool {
+        self.handling_consumer(span)
+            .is_some_and(|c| consumes.iter().any(|k| k.span_id == c.span_id))
+    }
+
     /// The consumer spans of deliveries from `queue`.
     fn consume_spans(&self, queue: &str) -> Vec<&'a ReceivedSpan> {
         self.spans
@@ -572,7 +610,7 @@ fn parent_id(traceparent: &str) -> Option<&str> {
 // The child: the services in-process, with the kit's telemetry as their binaries install it.
 
 #[test]
-#[ignore = "the pipeline half of one_customer_converted_is_one_trace_from_ingest_to_the_crm, which runs it in a process of its own"]
+#[ignore = "the pipeline half of one_customer_converted_is_one_trace_from_ingest_to_both_vendors, which runs it in a process of its own"]
 fn pipeline_child() {
     let (Ok(namespace), Ok(sandbox_url), Ok(traceparent)) = (
         std::env::var(NAMESPACE_VAR),
@@ -580,7 +618,7 @@ fn pipeline_child() {
         std::env::var(TRACEPARENT_VAR),
     ) else {
         eprintln!(
-            "pipeline_child runs only when one_customer_converted_is_one_trace_from_ingest_to_the_crm starts it"
+            "pipeline_child runs only when one_customer_converted_is_one_trace_from_ingest_to_both_vendors starts it"
         );
         return;
     };
@@ -608,7 +646,7 @@ async fn run_pipeline(namespace: &str, sandbox_url: &str, traceparent: &str) {
         ingest,
         start_normalizer(namespace, |_| {}).await,
         start_crm_writer(namespace, sandbox_url, |_| {}).await,
-        // The email-writer starts here.
+        start_email_writer(namespace, sandbox_url, |_| {}).await,
     ];
     for service in &services {
         service.wait_ready().await;
@@ -633,10 +671,41 @@ async fn run_pipeline(namespace: &str, sandbox_url: &str, traceparent: &str) {
     );
 
     wait_for_contact(sandbox_url, CONTACT_EMAIL, Duration::from_secs(20)).await;
-    // Each service lets its in-flight message finish before it returns: the crm-writer's
-    // remaining calls, its report and its ledger entry are done when it has stopped.
+    wait_until_settled(namespace, Duration::from_secs(20)).await;
+    // Each service lets its in-flight message finish before it returns: the writers' remaining
+    // calls, reports and ledger entries are done when they have stopped.
     for service in services {
         service.stop().await;
+    }
+}
+
+/// Waits until both writers and the write-back have delivered the event (the ledger) and the
+/// writers' queues hold nothing more (the crm-writer's report reached the email-writer).
+async fn wait_until_settled(namespace: &str, within: Duration) {
+    let store = handoff_idempotency::Store::new(&redis_config(), namespace).expect("store");
+    let inspector = support::inspector_with(namespace, &TIERS).await;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let ledger = store.ledger_get(PUBLISHER, EVENT_ID).await.ok().flatten();
+        let delivered = |stage: &str| {
+            ledger
+                .as_ref()
+                .and_then(|l| l.stages.get(stage))
+                .is_some_and(|s| s.status == "delivered")
+        };
+        let mut idle = true;
+        for stage in [CRM_WRITER, EMAIL_WRITER] {
+            let queue = inspector.topology().stage_queue(stage);
+            idle &= inspector.message_count(&queue).await.unwrap_or(1) == 0;
+        }
+        if delivered(CRM_WRITER) && delivered(EMAIL_WRITER) && delivered(WRITE_BACK) && idle {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event did not settle within {within:?}: {ledger:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
