@@ -19,8 +19,6 @@ pub mod hubspot;
 pub mod plan;
 pub mod routes;
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use handoff_bus::CRM_WRITER;
 use handoff_delivery::{
@@ -54,14 +52,7 @@ pub async fn run(
     handoff_delivery::serve(settings, admin_listener, shutdown, |rt| {
         let adapter = adapter(&cfg, rt)?;
         Ok(handler::CrmHandler {
-            stage: WriterStage {
-                stage: CRM_WRITER,
-                bus: rt.bus.clone(),
-                store: rt.store.clone(),
-                retry: cfg.retry.clone(),
-                dedupe: cfg.dedupe.clone(),
-                ledger_ttl: cfg.ledger.ttl,
-            },
+            stage: WriterStage::new(CRM_WRITER, rt, &cfg.retry, &cfg.dedupe, cfg.ledger.ttl),
             adapter,
             routes: cfg.routes.clone(),
         })
@@ -90,26 +81,11 @@ fn adapter(cfg: &Config, rt: &handoff_delivery::WriterRuntime) -> anyhow::Result
                 ownership: cfg.ownership.clone(),
             })
         }
-        AdapterKind::Rest => {
-            let r = &cfg.rest;
-            let routes = r
-                .templates()
-                .compile()
-                .map_err(anyhow::Error::msg)
-                .context("compiling [rest] routes")?;
-            let parts = DestinationParts {
-                name: handoff_delivery::REST_DESTINATION,
-                vendor: Vendor::Generic,
-                base_url: &r.base_url,
-                auth: &r.auth,
-                pacing: &r.pacing,
-                http: &r.http,
-                user_agent: USER_AGENT,
-            };
-            handler::Adapter::Rest(RestAdapter {
-                destination: Destination::build(parts, &rt.redis, &cfg.namespace)?,
-                routes: Arc::new(routes),
-            })
-        }
+        AdapterKind::Rest => handler::Adapter::Rest(RestAdapter::build(
+            &cfg.rest,
+            &rt.redis,
+            &cfg.namespace,
+            USER_AGENT,
+        )?),
     })
 }

@@ -56,7 +56,7 @@ pub use rest::{
     EventMeta, RenderError, RenderedRequest, RestConfig, RestRoute, RestRouteConfig, RestRoutes,
     event_view,
 };
-pub use rest_adapter::{REST_DESTINATION, RestAdapter, RestSettings};
+pub use rest_adapter::{REST_DESTINATION, RestAdapter, RestBuildError, RestSettings};
 pub use service::{
     BuildError, DestinationParts, ServeError, ServiceSettings, WriterRuntime, serve,
 };

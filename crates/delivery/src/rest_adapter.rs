@@ -16,9 +16,12 @@ use handoff_events::v1::{CanonicalPayload, Envelope};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthConfig, SecretSource};
+use crate::classify::Vendor;
 use crate::engine::{ApiRequest, Destination, HttpConfig};
 use crate::pacing::PacingConfig;
+use crate::redis_handle::RedisHandle;
 use crate::rest::{EventMeta, RestConfig, RestRouteConfig, RestRoutes, event_view};
+use crate::service::{BuildError, DestinationParts};
 use crate::writer::WriteError;
 
 /// The name of the destination in metrics, pacing keys and dead letters.
@@ -98,7 +101,43 @@ pub struct RestAdapter {
     pub routes: Arc<RestRoutes>,
 }
 
+/// Why the `[rest]` section could not become an adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum RestBuildError {
+    #[error("compiling [rest] routes: {0}")]
+    Routes(String),
+    #[error(transparent)]
+    Destination(#[from] BuildError),
+}
+
 impl RestAdapter {
+    /// The adapter `settings` describe: its routes compiled, its destination (`rest`) with its
+    /// own client, credentials and shared pacer.
+    pub fn build(
+        settings: &RestSettings,
+        redis: &RedisHandle,
+        namespace: &str,
+        user_agent: &str,
+    ) -> Result<RestAdapter, RestBuildError> {
+        let routes = settings
+            .templates()
+            .compile()
+            .map_err(RestBuildError::Routes)?;
+        let parts = DestinationParts {
+            name: REST_DESTINATION,
+            vendor: Vendor::Generic,
+            base_url: &settings.base_url,
+            auth: &settings.auth,
+            pacing: &settings.pacing,
+            http: &settings.http,
+            user_agent,
+        };
+        Ok(RestAdapter {
+            destination: Destination::build(parts, redis, namespace)?,
+            routes: Arc::new(routes),
+        })
+    }
+
     /// Whether any route handles `event_type`.
     pub fn handles(&self, event_type: &str) -> bool {
         self.routes.routes_for(event_type).next().is_some()

@@ -101,6 +101,24 @@ pub struct WriterStage {
 }
 
 impl WriterStage {
+    /// The stage `stage` on the service's connections.
+    pub fn new(
+        stage: &'static str,
+        runtime: &crate::service::WriterRuntime,
+        retry: &RetryPolicy,
+        dedupe: &DedupeConfig,
+        ledger_ttl: Duration,
+    ) -> WriterStage {
+        WriterStage {
+            stage,
+            bus: runtime.bus.clone(),
+            store: runtime.store.clone(),
+            retry: retry.clone(),
+            dedupe: dedupe.clone(),
+            ledger_ttl,
+        }
+    }
+
     /// Decodes the message's `Envelope`; a message that is not one is dead-lettered.
     pub fn decode(
         &self,

@@ -21,8 +21,6 @@ pub mod mailchimp;
 pub mod plan;
 pub mod routes;
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use handoff_bus::EMAIL_WRITER;
 use handoff_delivery::{
@@ -56,14 +54,7 @@ pub async fn run(
     handoff_delivery::serve(settings, admin_listener, shutdown, |rt| {
         let adapter = adapter(&cfg, rt)?;
         Ok(handler::EmailHandler {
-            stage: WriterStage {
-                stage: EMAIL_WRITER,
-                bus: rt.bus.clone(),
-                store: rt.store.clone(),
-                retry: cfg.retry.clone(),
-                dedupe: cfg.dedupe.clone(),
-                ledger_ttl: cfg.ledger.ttl,
-            },
+            stage: WriterStage::new(EMAIL_WRITER, rt, &cfg.retry, &cfg.dedupe, cfg.ledger.ttl),
             adapter,
             routes: cfg.routes.clone(),
         })
@@ -96,26 +87,11 @@ fn adapter(cfg: &Config, rt: &handoff_delivery::WriterRuntime) -> anyhow::Result
                 event_retention: cfg.routes.payment_failed.remember_for,
             })
         }
-        AdapterKind::Rest => {
-            let r = &cfg.rest;
-            let routes = r
-                .templates()
-                .compile()
-                .map_err(anyhow::Error::msg)
-                .context("compiling [rest] routes")?;
-            let parts = DestinationParts {
-                name: handoff_delivery::REST_DESTINATION,
-                vendor: Vendor::Generic,
-                base_url: &r.base_url,
-                auth: &r.auth,
-                pacing: &r.pacing,
-                http: &r.http,
-                user_agent: USER_AGENT,
-            };
-            handler::Adapter::Rest(RestAdapter {
-                destination: Destination::build(parts, &rt.redis, &cfg.namespace)?,
-                routes: Arc::new(routes),
-            })
-        }
+        AdapterKind::Rest => handler::Adapter::Rest(RestAdapter::build(
+            &cfg.rest,
+            &rt.redis,
+            &cfg.namespace,
+            USER_AGENT,
+        )?),
     })
 }
