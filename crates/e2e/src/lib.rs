@@ -16,9 +16,6 @@ use handoff_ingest::auth::key_sha256;
 use handoff_ingest::config::PublisherConfig;
 use handoff_sandbox::testing::TEST_TOKEN;
 use handoff_test_support as support;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// The publisher every scenario posts as, and its API key.
 pub const PUBLISHER: &str = "acme";
@@ -27,65 +24,9 @@ pub const KEY: &str = "e2e-test-key";
 /// One retry tier for every service (and the teardown): few delay queues to declare and delete.
 pub const TIERS: [Duration; 1] = [Duration::from_secs(1)];
 
-/// A service running in-process.
-pub struct Service {
-    pub name: &'static str,
-    pub admin_url: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Service {
-    fn spawn(
-        name: &'static str,
-        admin_url: String,
-        run: impl FnOnce(CancellationToken) -> JoinHandle<anyhow::Result<()>>,
-    ) -> Service {
-        let shutdown = CancellationToken::new();
-        let task = run(shutdown.clone());
-        Service {
-            name,
-            admin_url,
-            shutdown,
-            task,
-        }
-    }
-
-    /// Waits until `/readyz` says the service is connected to the broker and Redis.
-    pub async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.admin_url);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never became ready",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Cancels the service and waits until it has drained and returned.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(20), self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => panic!("{} failed: {err:#}", self.name),
-            Ok(Err(err)) => panic!("{} panicked: {err}", self.name),
-            Err(_) => panic!("{} did not stop within 20 s", self.name),
-        }
-    }
-}
-
-/// A listener on a free port and its base URL.
-pub async fn listener() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    (listener, url)
-}
+/// A service running in-process (see `handoff_test_support::service`).
+pub use support::service::InProcess as Service;
+pub use support::service::listener;
 
 /// What every service's bus uses: the test broker, quick reconnects, the test's retry tiers.
 pub fn bus_config() -> BusConfig {
@@ -145,10 +86,10 @@ pub async fn start_ingest(
     }];
     tweak(&mut cfg);
     let (http, url) = listener().await;
-    let (admin, admin_url) = listener().await;
-    let service = Service::spawn("ingest", admin_url, |stop| {
-        tokio::spawn(handoff_ingest::run(cfg, http, admin, stop))
-    });
+    let service = Service::start("ingest", |admin, stop| {
+        handoff_ingest::run(cfg, http, admin, stop)
+    })
+    .await;
     (service, url)
 }
 
@@ -163,10 +104,10 @@ pub async fn start_normalizer(
     cfg.bus = bus_config();
     cfg.redis = redis_config();
     tweak(&mut cfg);
-    let (admin, admin_url) = listener().await;
-    Service::spawn("the normalizer", admin_url, |stop| {
-        tokio::spawn(handoff_normalizer::run(cfg, admin, stop))
+    Service::start("the normalizer", |admin, stop| {
+        handoff_normalizer::run(cfg, admin, stop)
     })
+    .await
 }
 
 /// The crm-writer against the sandbox's HubSpot with its test token and a quota that never
@@ -188,10 +129,10 @@ pub async fn start_crm_writer(
     };
     cfg.hubspot.pacing = unlimited();
     tweak(&mut cfg);
-    let (admin, admin_url) = listener().await;
-    Service::spawn("the crm-writer", admin_url, |stop| {
-        tokio::spawn(handoff_crm_writer::run(cfg, admin, stop))
+    Service::start("the crm-writer", |admin, stop| {
+        handoff_crm_writer::run(cfg, admin, stop)
     })
+    .await
 }
 
 /// The email-writer against the sandbox's Mailchimp with its test key and audience and a quota
@@ -215,10 +156,10 @@ pub async fn start_email_writer(
     };
     cfg.mailchimp.pacing = unlimited();
     tweak(&mut cfg);
-    let (admin, admin_url) = listener().await;
-    Service::spawn("the email-writer", admin_url, |stop| {
-        tokio::spawn(handoff_email_writer::run(cfg, admin, stop))
+    Service::start("the email-writer", |admin, stop| {
+        handoff_email_writer::run(cfg, admin, stop)
     })
+    .await
 }
 
 /// Every service in-process in one namespace of its own, with an in-process sandbox as both

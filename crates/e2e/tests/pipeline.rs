@@ -262,8 +262,11 @@ async fn every_documented_event_reaches_both_destinations_with_write_back_and_a_
                 stage_status(l, "crm-writer.write-back") == Some("delivered")
             })
             .await;
+        // Written, or left out because a newer event's report already wrote the id (the reports
+        // race; the stale guard keeps the newest).
+        let contact = &ledger.stages["crm-writer.write-back"].detail["records"]["contact"];
         assert!(
-            ledger.stages["crm-writer.write-back"].detail["records"]["contact"]["id"].is_string(),
+            contact["id"].is_string() || contact["disposition"] == "stale",
             "{ledger:#?}"
         );
     }

@@ -10,7 +10,8 @@
 //!    made even when every merge field is stale: it is what makes sure the member exists for
 //!    the tags and the event, and it changes nothing else.
 //! 3. `POST …/tags` with the plan's tags (adding a tag twice is a no-op).
-//! 4. The member event, at most once per (event name, member, invoice): see
+//! 4. The member event, at most once per (event name, member, invoice), under a step claim and
+//!    after checking Mailchimp's list of the member's events (`GET …/events`): see
 //!    [`Mailchimp::send_event_once`].
 //!
 //! Mailchimp answers the PUT with `200` and the member whether it created it or not, and no
@@ -23,7 +24,7 @@ use std::time::Duration;
 use handoff_bus::EMAIL_WRITER;
 use handoff_delivery::writer::metrics;
 use handoff_delivery::{ApiRequest, Destination, OwnershipConfig, StaleGuard, WriteError};
-use handoff_idempotency::{Claim, Completion, Store};
+use handoff_idempotency::{Claim, ClaimToken, Completion, IdempotencyKey, Store};
 use reqwest::Method;
 use serde_json::Value;
 use tracing::{debug, error, warn};
@@ -35,6 +36,14 @@ pub const DESTINATION: &str = "mailchimp";
 
 /// The disposition of every member write (see the module docs).
 pub const UPSERTED: &str = "upserted";
+
+/// Events per page of the member-event check: Mailchimp's maximum, so most members take one call.
+const EVENTS_PAGE: usize = 1000;
+
+/// Pages the member-event check reads at most (10,000 events), so a member with an enormous
+/// history cannot hold a worker for long; past that the event is posted (see
+/// [`Mailchimp::send_event_once`]).
+const EVENTS_MAX_PAGES: usize = 10;
 
 /// What the writer knows about the event besides its plan.
 #[derive(Debug, Clone, Copy)]
@@ -232,28 +241,53 @@ impl Mailchimp {
     }
 
     /// Posts `event` unless it was posted before, under a step-level claim on
-    /// (event name, member, invoice) in the idempotency store: claimed right before the POST,
-    /// completed right after it. A finished claim means another event about the same invoice, or
-    /// an earlier delivery of this one, posted it: nothing is sent. A claim another worker holds
-    /// means it is posting it now: the message is deferred, and then finds the claim finished
-    /// (skip) or released (post). A failed POST releases the claim, so the retry can post.
+    /// (event name, member, invoice) in the idempotency store, taken before anything else and
+    /// completed right after:
     ///
-    /// Residual risk, stated plainly: the POST and the completion are two systems, so there is a
-    /// window between Mailchimp recording the event and the completion reaching Redis. If the
-    /// process dies in it (or Redis is unreachable throughout the completion's few retries), the
-    /// claim stays `started` until its lease runs out; the redelivered message then claims again
-    /// and posts the event a second time. The same holds for an answer lost on the way back (a
-    /// timeout or a reset after Mailchimp applied the POST): that is a transient failure, the
-    /// claim is released and the retry posts again. The window is kept as small as it can be
-    /// (the completion is the very next step, one Redis round trip, retried at once), but it
-    /// cannot be closed from this side: Mailchimp's events endpoint takes no idempotency key.
-    /// Mailchimp does list a member's events (`GET …/members/{hash}/events`); a check there
-    /// before posting after an expired claim would close it, but the sandbox does not serve that
-    /// route, so the writer does not call it.
+    /// 1. Claim. Finished: another event about the same invoice, or an earlier delivery of this
+    ///    one, posted it; nothing is sent. Held by another worker: it is posting it now; the
+    ///    message is deferred and then finds the claim finished (skip) or released (go on).
+    /// 2. Check Mailchimp: `GET …/members/{hash}/events` (`Mailchimp::listed_before`). An event
+    ///    with the same name and `invoice_id` there means an earlier attempt posted it and never
+    ///    recorded it (below): nothing is sent, the claim is completed, the outcome is
+    ///    `already_sent`.
+    /// 3. `POST …/members/{hash}/events`, then complete the claim at once. A failed call (the
+    ///    check or the POST) releases the claim, so the retry can go on.
     ///
-    /// The claim's lease (`dedupe.lease`) must also outlast the call, its wait for one of the
-    /// `max_in_flight` connections included; a completion that finds the claim lost says so (an
-    /// error log and `handoff_writer_records_total{record="member_event",
+    /// Why the check: the POST and the claim's completion are two systems. If the process dies
+    /// between Mailchimp recording the event and the completion reaching Redis (or Redis is
+    /// unreachable throughout the completion's few retries), the claim stays `started` until its
+    /// lease runs out and the next attempt claims afresh; an answer lost on the way back (a
+    /// timeout or a reset after Mailchimp applied the POST) is a transient failure, which
+    /// releases the claim. Mailchimp's events endpoint takes no idempotency key, so only its
+    /// event list can tell that the event is there.
+    ///
+    /// Why every time, not only on a retry: the attempt that follows a lost post cannot be told
+    /// from a first attempt. A crashed worker's message does come back `redelivered`, but it
+    /// finds the event's own claim still held and is deferred, and the deferred copy (a fresh
+    /// publish: `redelivered` false, the attempt unchanged) is the one that goes on to post. A
+    /// lost answer's retry comes back with `attempt > 1`, but another event about the same
+    /// invoice (billing reporting the failure again under a new event id) arrives as attempt 1
+    /// and takes the step claim the failed attempt released. And a claim whose lease ran out
+    /// leaves nothing to tell it from no claim. So the check is made for every member event
+    /// with an identity: one GET (a page of up to 1,000 events, only their names and invoice ids)
+    /// per `payment_failed`, the one route with a member event; the other routes make none.
+    ///
+    /// Residual risk, stated plainly: the check sees what Mailchimp lists, when it lists it. If
+    /// Mailchimp's event list lags behind a POST it applied, or a POST whose answer the writer
+    /// gave up on is still being processed when the next attempt reads the list, the event is
+    /// posted a second time. A crash's redelivery reads the list only after the claim's lease
+    /// has run out (`dedupe.lease`, 30 s by default); a lost answer's retry reads it after the
+    /// retry backoff, which is full jitter and can be well under a second on an early attempt
+    /// (after a timeout, the HTTP timeout has passed as well; after a reset, nothing more). The
+    /// check also reads at most `EVENTS_MAX_PAGES` pages: a member with more than 10,000 events
+    /// is posted to without a complete check (a warning says so). An event deleted from
+    /// Mailchimp (or a member deleted and added again) is posted again once the claim's
+    /// retention (`routes.payment_failed.remember_for`) has passed.
+    ///
+    /// The claim's lease (`dedupe.lease`) must also outlast the check and the POST, their waits
+    /// for one of the `max_in_flight` connections included; a completion that finds the claim
+    /// lost says so (an error log and `handoff_writer_records_total{record="member_event",
     /// disposition="lease_lost"}`).
     pub async fn send_event_once(
         &self,
@@ -279,6 +313,25 @@ impl Mailchimp {
                 .into());
             }
         };
+        let claimed = EventClaim {
+            key: &key,
+            token: &token,
+            fingerprint: &fingerprint,
+        };
+        let listed = match self.listed_before(plan, event).await {
+            Ok(listed) => listed,
+            Err(err) => {
+                self.release(&claimed).await;
+                return Err(err.into());
+            }
+        };
+        if listed {
+            // An earlier attempt posted it and its answer, or its record, was lost.
+            debug!("Mailchimp already lists this member event; not sending it again.");
+            self.record_sent(&claimed).await;
+            metrics::record(EMAIL_WRITER, "member_event", "already_sent");
+            return Ok(EventOutcome::AlreadySent);
+        }
         let request = ApiRequest::new(
             Method::POST,
             format!(
@@ -289,18 +342,85 @@ impl Mailchimp {
         )
         .json(plan::event_body(event));
         if let Err(err) = self.destination.call(&request).await {
-            if let Err(release) = self.store.release(&key, &token).await {
-                debug!(error = %release, "Could not release the member event's claim; it will expire.");
-            }
+            self.release(&claimed).await;
             return Err(err.into());
         }
-        // The window described above starts here: complete at once, and retry a failed
-        // completion briefly rather than leave it to the lease.
+        self.record_sent(&claimed).await;
+        metrics::record(EMAIL_WRITER, "member_event", "sent");
+        Ok(EventOutcome::Sent)
+    }
+
+    /// Whether Mailchimp lists `event` on the member already (the same name and `invoice_id`),
+    /// reading the member's events a page of [`EVENTS_PAGE`] at a time until the last one, at
+    /// most [`EVENTS_MAX_PAGES`] pages. The order Mailchimp lists them in is not relied on.
+    async fn listed_before(
+        &self,
+        plan: &MemberPlan,
+        event: &MemberEvent,
+    ) -> Result<bool, WriteError> {
+        let mut offset = 0;
+        for _ in 0..EVENTS_MAX_PAGES {
+            let path =
+                plan::events_page_path(&self.list_id, &plan.subscriber_hash, EVENTS_PAGE, offset);
+            let answer = self
+                .destination
+                .call(&ApiRequest::new(Method::GET, path, "member.events.list"))
+                .await?;
+            let events = answer
+                .body
+                .get("events")
+                .and_then(Value::as_array)
+                .ok_or_else(|| {
+                    WriteError::Unexpected(
+                        "the member events list answered without an events array".to_owned(),
+                    )
+                })?;
+            if events
+                .iter()
+                .any(|listed| plan::is_same_event(event, listed))
+            {
+                return Ok(true);
+            }
+            offset += events.len();
+            let total = answer
+                .body
+                .get("total_items")
+                .and_then(Value::as_u64)
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(0);
+            if events.len() < EVENTS_PAGE || offset >= total {
+                return Ok(false);
+            }
+        }
+        warn!(
+            read = offset,
+            "The member has more events than the check reads; sending the member event without a complete check."
+        );
+        Ok(false)
+    }
+
+    /// Gives the member event's claim back so a retry can take it (best effort: it expires).
+    async fn release(&self, claimed: &EventClaim<'_>) {
+        if let Err(err) = self.store.release(claimed.key, claimed.token).await {
+            debug!(error = %err, "Could not release the member event's claim; it will expire.");
+        }
+    }
+
+    /// Completes the member event's claim: the event is in Mailchimp. Done at once, and a failed
+    /// completion retried briefly rather than left to the lease (after which the next attempt's
+    /// check finds the event).
+    async fn record_sent(&self, claimed: &EventClaim<'_>) {
         let mut pause = Duration::from_millis(50);
         for attempt in 1..=3 {
             match self
                 .store
-                .complete_with_outcome(&key, &token, &fingerprint, self.event_retention, None)
+                .complete_with_outcome(
+                    claimed.key,
+                    claimed.token,
+                    claimed.fingerprint,
+                    self.event_retention,
+                    None,
+                )
                 .await
             {
                 Ok(completion) => {
@@ -317,8 +437,7 @@ impl Mailchimp {
                         );
                         metrics::record(EMAIL_WRITER, "member_event", "lease_lost");
                     }
-                    metrics::record(EMAIL_WRITER, "member_event", "sent");
-                    return Ok(EventOutcome::Sent);
+                    return;
                 }
                 Err(err) if attempt < 3 => {
                     warn!(error = %err, attempt, "Could not record the sent member event; trying again.");
@@ -326,11 +445,16 @@ impl Mailchimp {
                     pause *= 4;
                 }
                 Err(err) => {
-                    error!(error = %err, "Sent the member event but could not record it: a retry after the claim's lease would send it again.");
+                    error!(error = %err, "Sent the member event but could not record it: the next attempt checks Mailchimp's event list before sending it again.");
                 }
             }
         }
-        metrics::record(EMAIL_WRITER, "member_event", "sent");
-        Ok(EventOutcome::Sent)
     }
+}
+
+/// A member event's step claim, as taken.
+struct EventClaim<'a> {
+    key: &'a IdempotencyKey,
+    token: &'a ClaimToken,
+    fingerprint: &'a str,
 }

@@ -12,6 +12,7 @@
 //! | `PUT /3.0/lists/{list}/members/{hash}` | `email_address`, `status_if_new` (never `status`), `merge_fields` |
 //! | `POST …/members/{hash}/tags` | `{"tags": [{"name", "status": "active"}]}` (adding a tag twice is a no-op) |
 //! | `POST …/members/{hash}/events` | `name`, `properties` (strings, as Mailchimp requires), `occurred_at` |
+//! | `GET …/members/{hash}/events?count&offset&fields` | none: the events already there, to check before a post ([`events_page_path`], [`is_same_event`]) |
 //!
 //! Fields an event does not carry are not written: an event never blanks a merge field.
 
@@ -29,6 +30,10 @@ use crate::routes::{CUSTOM_PROPERTY_SOURCE, MAX_TAG_CHARS, NewMemberStatus, Rout
 /// The longest failure message kept in a member event: Mailchimp takes about 1,000 characters of
 /// properties in all, and the code says what happened.
 const MAX_FAILURE_MESSAGE_CHARS: usize = 200;
+
+/// The member event property that carries its identity (the invoice): the step claim's key and
+/// the check of Mailchimp's event list both go by it.
+pub const IDENTITY_PROPERTY: &str = "invoice_id";
 
 /// What the planner needs besides the payload.
 #[derive(Debug, Clone, Copy)]
@@ -276,7 +281,7 @@ fn payment_event(
         .ok_or(PlanError::NoInvoice)?
         .to_owned();
     let mut properties = BTreeMap::new();
-    properties.insert("invoice_id".to_owned(), invoice_id.clone());
+    properties.insert(IDENTITY_PROPERTY.to_owned(), invoice_id.clone());
     if let Some(minor) = payment.amount_minor {
         properties.insert("amount".to_owned(), minor_to_decimal(minor));
     }
@@ -353,6 +358,28 @@ pub fn event_body(event: &MemberEvent) -> serde_json::Value {
         body["occurred_at"] = json!(at);
     }
     body
+}
+
+/// One page of the member's events, newest first: `GET …/members/{hash}/events` with `count`,
+/// `offset`, and `fields` asking only for what [`is_same_event`] reads (each event's name and
+/// identity property) and `total_items`, so a long history stays a small answer.
+pub fn events_page_path(list_id: &str, hash: &str, count: usize, offset: usize) -> String {
+    format!(
+        "{}/events?count={count}&offset={offset}&fields=events.name,events.properties.{IDENTITY_PROPERTY},total_items",
+        member_path(list_id, hash)
+    )
+}
+
+/// Whether `listed`, one item of Mailchimp's `events` array, is `event`: the same name and the
+/// same identity property (the invoice). Other properties may differ (an amount reported
+/// differently the second time is still the same invoice's failure).
+pub fn is_same_event(event: &MemberEvent, listed: &Value) -> bool {
+    listed.get("name").and_then(Value::as_str) == Some(event.name.as_str())
+        && listed
+            .get("properties")
+            .and_then(|p| p.get(IDENTITY_PROPERTY))
+            .and_then(Value::as_str)
+            == Some(event.invoice_id.as_str())
 }
 
 /// The stale guard's name for a member: `member:<list>:<hash>`.
@@ -835,6 +862,37 @@ mod tests {
         assert_eq!(key.id, "payment_failed.62ee.inv%3A2024%2507");
         for part in [&key.stage, &key.scope, &key.id] {
             assert!(!part.contains(':'), "{part}");
+        }
+        assert_eq!(
+            events_page_path("abc123", "62ee", 1000, 2000),
+            "/3.0/lists/abc123/members/62ee/events?count=1000&offset=2000&fields=events.name,events.properties.invoice_id,total_items"
+        );
+    }
+
+    #[test]
+    fn a_listed_event_is_the_same_by_name_and_invoice() {
+        let event = MemberEvent {
+            name: "payment_failed".into(),
+            invoice_id: "in_42".into(),
+            properties: BTreeMap::from([("invoice_id".into(), "in_42".into())]),
+            occurred_at: None,
+        };
+        let listed = |name: &str, props: Value| json!({ "name": name, "properties": props });
+        assert!(is_same_event(
+            &event,
+            &listed(
+                "payment_failed",
+                json!({"invoice_id": "in_42", "amount": "1.00"})
+            )
+        ));
+        for other in [
+            listed("payment_failed", json!({"invoice_id": "in_43"})),
+            listed("payment_retried", json!({"invoice_id": "in_42"})),
+            listed("payment_failed", json!({"invoice_id": 42})),
+            listed("payment_failed", json!({})),
+            json!({ "name": "payment_failed" }),
+        ] {
+            assert!(!is_same_event(&event, &other), "{other}");
         }
     }
 }

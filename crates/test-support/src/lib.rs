@@ -7,6 +7,7 @@
 //! [`otlp::OtlpReceiver`] and assert on the spans it kept.
 
 pub mod otlp;
+pub mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,8 +13,6 @@ use handoff_events::{EventType, Message, PROTOBUF_CONTENT_TYPE, Timestamp};
 use handoff_idempotency::RedisConfig;
 use handoff_sandbox::testing::{self, Running, TEST_TOKEN};
 use handoff_test_support as support;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The configuration a test crm-writer runs with: the world's sandbox, quick reconnects, short
 /// retry tiers and a fast quota unless the test sets its own.
@@ -61,60 +59,25 @@ pub fn test_config(namespace: &str, crm_url: &str) -> Config {
 }
 
 /// A running crm-writer.
-pub struct TestWriter {
-    pub admin: String,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
+pub struct TestWriter(support::service::InProcess);
 
 impl TestWriter {
     pub async fn start(cfg: Config) -> TestWriter {
         support::init_telemetry();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let admin = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(handoff_crm_writer::run(cfg, listener, shutdown.clone()));
-        TestWriter {
-            admin,
-            shutdown,
-            task: Some(task),
-        }
+        let service = support::service::InProcess::start("the crm-writer", |admin, stop| {
+            handoff_crm_writer::run(cfg, admin, stop)
+        })
+        .await;
+        TestWriter(service)
     }
 
     /// Waits until `/readyz` says the writer is connected to the broker and Redis.
     pub async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.admin);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the writer never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.0.wait_ready().await;
     }
 
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("the crm-writer stops within 20 s")
-                .expect("join")
-                .expect("the crm-writer ran without error");
-        }
-    }
-}
-
-impl Drop for TestWriter {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 }
 

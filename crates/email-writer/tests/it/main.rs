@@ -5,5 +5,6 @@ mod burst;
 mod consent;
 mod failures;
 mod helpers;
+mod member_events;
 mod rest;
 mod routes;

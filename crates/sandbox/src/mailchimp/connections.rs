@@ -22,6 +22,11 @@ impl Connections {
         self.peak.clone()
     }
 
+    /// Requests in flight now (admitted and not yet answered), per key.
+    pub fn in_flight(&self) -> BTreeMap<String, u32> {
+        self.in_flight.clone()
+    }
+
     /// Forgets the peaks. Requests in flight stay counted: they release their slots themselves.
     pub fn reset(&mut self) {
         self.peak.clear();

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `PUT`/`GET /3.0/lists/{list_id}/members/{subscriber_hash}` | [`members`] |
 //! | `POST /3.0/lists/{list_id}/members/{subscriber_hash}/tags` | [`members`] |
-//! | `POST /3.0/lists/{list_id}/members/{subscriber_hash}/events` | [`members`] |
+//! | `POST`/`GET /3.0/lists/{list_id}/members/{subscriber_hash}/events` | [`members`] |
 //!
 //! `subscriber_hash` is the MD5 of the lower-cased email ([`hash`]); `list_id` must be one of
 //! `[mailchimp] lists` (404 otherwise). Members and events live in [`store::Store`]; error shapes
@@ -75,7 +75,10 @@ pub fn router(sb: Sandbox) -> Router {
     Router::new()
         .route(member, get(members::get).put(members::upsert))
         .route(&format!("{member}/tags"), post(members::tags))
-        .route(&format!("{member}/events"), post(members::events))
+        .route(
+            &format!("{member}/events"),
+            get(members::list_events).post(members::events),
+        )
         .route_layer(from_fn_with_state(sb.clone(), authenticate))
         .route_layer(from_fn_with_state(sb.clone(), faults_and_log))
         .with_state(sb)

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use super::config::MailchimpConfig;
 use super::error::ApiError;
@@ -74,6 +76,18 @@ pub struct Event {
     pub occurred_at: Option<String>,
     /// When the sandbox received it, UTC.
     pub received_at: String,
+}
+
+impl Event {
+    /// When the event happened: `occurred_at` if the caller gave a parseable RFC 3339 time, else
+    /// when the sandbox received it (as Mailchimp takes the time of the POST when none is given).
+    pub fn when(&self) -> OffsetDateTime {
+        self.occurred_at
+            .as_deref()
+            .and_then(|at| OffsetDateTime::parse(at, &Rfc3339).ok())
+            .or_else(|| OffsetDateTime::parse(&self.received_at, &Rfc3339).ok())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
 }
 
 /// A validated `PUT …/members/{hash}` body.
@@ -216,6 +230,21 @@ impl Store {
         };
         self.events.push(event.clone());
         Ok(event)
+    }
+
+    /// The events of member `hash` of `list_id`, newest first by [`Event::when`] (of two at the
+    /// same time, the later arrival first); 404 for an unknown list or member.
+    pub fn member_events(&self, list_id: &str, hash: &str) -> Result<Vec<&Event>, ApiError> {
+        let id = self.member(list_id, hash)?.id.clone();
+        let mut found: Vec<(OffsetDateTime, usize, &Event)> = self
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.list_id == list_id && e.member_id == id)
+            .map(|(arrival, e)| (e.when(), arrival, e))
+            .collect();
+        found.sort_by_key(|(when, arrival, _)| std::cmp::Reverse((*when, *arrival)));
+        Ok(found.into_iter().map(|(_, _, e)| e).collect())
     }
 
     /// Puts a member in place directly (no request, no log entry), replacing any existing one;

@@ -1,6 +1,6 @@
 //! The Mailchimp Marketing API v3 stand-in, through HTTP as an email writer would use it: basic
-//! auth, member upsert and its status rules, tags, events, the connection limit, faults, the
-//! control API and reset.
+//! auth, member upsert and its status rules, tags, events (posted and listed), the connection
+//! limit, faults, the control API and reset.
 
 use std::time::{Duration, Instant};
 
@@ -361,6 +361,215 @@ async fn events_are_kept_and_counted_per_member() {
         .await
         .expect("json");
     assert_eq!(via_http.as_array().map(Vec::len), Some(2));
+}
+
+/// The event names of a list-member-events answer, in order.
+fn names(r: &Resp) -> Vec<String> {
+    r.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn member_events_are_listed_newest_first_in_pages() {
+    let hs = start().await;
+    let email = "Lister@Example.com";
+    let other = "other@example.com";
+    for e in [email, other] {
+        let r = put_member(
+            &hs,
+            e,
+            json!({"email_address": e, "status_if_new": "subscribed"}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let events = format!("{}/events", member_path(email));
+    // Posted out of order; the one without `occurred_at` happened now, after all the others.
+    for (name, at) in [
+        ("second", Some("2020-01-02T00:00:00Z")),
+        ("first", Some("2020-01-01T00:00:00.250+02:00")),
+        ("third", Some("2020-01-03T00:00:00+00:00")),
+        ("now", None),
+    ] {
+        let mut body = json!({"name": name, "properties": {"invoice_id": format!("in_{name}")}});
+        if let Some(at) = at {
+            body["occurred_at"] = json!(at);
+        }
+        let r = mc(&hs, Method::POST, &events, Some(body)).await;
+        assert_eq!(r.status, 204, "{:?}", r.body);
+    }
+    let r = mc(
+        &hs,
+        Method::POST,
+        &format!("{}/events", member_path(other)),
+        Some(json!({"name": "not_mine"})),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+
+    // Mailchimp's shape, ten by default, newest first, this member's only.
+    let r = mc(&hs, Method::GET, &events, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(names(&r), ["now", "third", "second", "first"]);
+    assert_eq!(r.body["total_items"], json!(4));
+    assert_eq!(
+        r.body["events"][1],
+        json!({
+            "name": "third",
+            "occurred_at": "2020-01-03T00:00:00+00:00",
+            "properties": {"invoice_id": "in_third"},
+        })
+    );
+    assert_eq!(
+        r.body["events"][3]["occurred_at"],
+        json!("2019-12-31T22:00:00+00:00"),
+        "in UTC, whole seconds"
+    );
+    let links: Vec<(&str, &str)> = r.body["_links"]
+        .as_array()
+        .expect("_links")
+        .iter()
+        .map(|l| {
+            (
+                l["rel"].as_str().unwrap_or_default(),
+                l["method"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        links,
+        [("self", "GET"), ("parent", "GET"), ("create", "POST")]
+    );
+
+    // count and offset page through them; total_items is always the whole.
+    let page = |count: usize, offset: usize| format!("{events}?count={count}&offset={offset}");
+    let r = mc(&hs, Method::GET, &page(3, 0), None).await;
+    assert_eq!(names(&r), ["now", "third", "second"]);
+    let r = mc(&hs, Method::GET, &page(3, 3), None).await;
+    assert_eq!(names(&r), ["first"]);
+    assert_eq!(r.body["total_items"], json!(4));
+    let r = mc(&hs, Method::GET, &page(1000, 4), None).await;
+    assert_eq!(r.status, 200);
+    assert!(names(&r).is_empty());
+    assert_eq!(r.body["total_items"], json!(4));
+
+    // fields and exclude_fields, with dot notation into the events.
+    let r = mc(
+        &hs,
+        Method::GET,
+        &format!("{events}?count=1&fields=events.name,events.properties.invoice_id,total_items"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.body,
+        json!({"events": [{"name": "now", "properties": {"invoice_id": "in_now"}}], "total_items": 4})
+    );
+    let r = mc(
+        &hs,
+        Method::GET,
+        &format!("{events}?count=1&exclude_fields=_links,events.properties"),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["events"][0]["name"], json!("now"));
+    assert!(r.body["events"][0]["occurred_at"].is_string());
+    assert!(r.body["events"][0].get("properties").is_none());
+    assert!(r.body.get("_links").is_none());
+
+    // A page beyond Mailchimp's maximum, or not a number, is refused.
+    for query in ["count=1001", "count=ten", "offset=-1"] {
+        let r = mc(&hs, Method::GET, &format!("{events}?{query}"), None).await;
+        assert_problem(&r, 400, "Invalid Resource");
+    }
+    // Unknown member or list: Mailchimp's 404.
+    let r = mc(
+        &hs,
+        Method::GET,
+        &format!("{}/events", member_path("unknown@example.com")),
+        None,
+    )
+    .await;
+    assert_problem(&r, 404, "Resource Not Found");
+    let r = mc(
+        &hs,
+        Method::GET,
+        &format!(
+            "/3.0/lists/no-such-list/members/{}/events",
+            subscriber_hash(email)
+        ),
+        None,
+    )
+    .await;
+    assert_problem(&r, 404, "Resource Not Found");
+
+    // Reads write nothing, and the log has them like any request.
+    let stats = hs.sb.stats();
+    assert_eq!(stats.creates["events"][&email.to_lowercase()], 4);
+    let reads = hs
+        .sb
+        .requests()
+        .into_iter()
+        .filter(|e| e.method == "GET" && e.path.ends_with("/events"))
+        .collect::<Vec<_>>();
+    assert_eq!(reads.len(), 11);
+    assert!(
+        reads
+            .iter()
+            .all(|e| e.writes.is_empty() && e.api == "mailchimp")
+    );
+}
+
+#[tokio::test]
+async fn listing_member_events_goes_through_auth_and_faults() {
+    let hs = start().await;
+    let email = "guarded@example.com";
+    put_member(
+        &hs,
+        email,
+        json!({"email_address": email, "status_if_new": "subscribed"}),
+    )
+    .await;
+    let events = format!("{}/events", member_path(email));
+    let r = mc_as(&hs, None, Method::GET, &events, None).await;
+    assert_problem(&r, 401, "API Key Invalid");
+    let r = mc_as(&hs, Some("wrong-key-us1"), Method::GET, &events, None).await;
+    assert_problem(&r, 401, "API Key Invalid");
+    hs.sb.add_faults(FaultConfig {
+        storm: Some(Storm {
+            requests: Some(1),
+            retry_after: Duration::from_secs(2),
+            ..Storm::default()
+        }),
+        ..FaultConfig::default()
+    });
+    let r = mc(&hs, Method::GET, &events, None).await;
+    assert_problem(&r, 429, "Too Many Requests");
+    assert_eq!(r.header("retry-after"), Some("2"));
+    let r = mc(&hs, Method::GET, &events, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["total_items"], json!(0));
+    let faults: Vec<(u16, Option<String>)> = hs
+        .sb
+        .requests()
+        .into_iter()
+        .filter(|e| e.method == "GET")
+        .map(|e| (e.status.unwrap_or_default(), e.fault))
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            (401, None),
+            (401, None),
+            (429, Some("storm".to_owned())),
+            (200, None)
+        ]
+    );
 }
 
 #[tokio::test]
