@@ -15,8 +15,6 @@ use handoff_idempotency::{Ledger, RedisConfig, Store};
 use handoff_sandbox::mailchimp::{Event as MemberEvent, Member};
 use handoff_sandbox::testing::{self, Running, TEST_MAILCHIMP_KEY, TEST_MAILCHIMP_LIST};
 use handoff_test_support as support;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The audience every test writes to.
 pub const LIST: &str = TEST_MAILCHIMP_LIST;
@@ -68,70 +66,35 @@ pub fn test_config(namespace: &str, sandbox_url: &str) -> Config {
 }
 
 /// A running email-writer.
-pub struct TestWriter {
-    pub admin: String,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
+pub struct TestWriter(support::service::InProcess);
 
 impl TestWriter {
     pub async fn start(cfg: Config) -> TestWriter {
         support::init_telemetry();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-        let admin = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(handoff_email_writer::run(cfg, listener, shutdown.clone()));
-        TestWriter {
-            admin,
-            shutdown,
-            task: Some(task),
-        }
+        let service = support::service::InProcess::start("the email-writer", |admin, stop| {
+            handoff_email_writer::run(cfg, admin, stop)
+        })
+        .await;
+        TestWriter(service)
     }
 
     /// Waits until `/readyz` says the writer is connected to the broker and Redis.
     pub async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.admin);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the writer never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.0.wait_ready().await;
     }
 
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("the email-writer stops within 20 s")
-                .expect("join")
-                .expect("the email-writer ran without error");
-        }
+    pub async fn stop(self) {
+        self.0.stop().await;
     }
 
     /// The admin endpoint's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("{}/metrics", self.admin))
+        reqwest::get(format!("{}/metrics", self.0.admin_url))
             .await
             .expect("metrics")
             .text()
             .await
             .expect("metrics body")
-    }
-}
-
-impl Drop for TestWriter {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 
