@@ -1,4 +1,4 @@
-//! The crm-writer under test ([7/7]): its real release binary in a child
+//! The crm-writer under test ([7/8]): its real release binary in a child
 //! process ([`Service`]) with a throw-away configuration (a namespace of its
 //! own, a free admin port, JSON logs at `warn`, the token in
 //! `HUBSPOT_ACCESS_TOKEN`, everything else its production defaults), writing
@@ -20,7 +20,7 @@
 //! `crm.contact.synced` after the CRM answered and just before it writes the
 //! ledger's `delivered` and acks; nobody consumes that queue here, so its
 //! depth minus the N preloaded copies is the number delivered, read with one
-//! passive declare per poll as [5/7] reads its output. The alternatives are
+//! passive declare per poll as [5/8] reads its output. The alternatives are
 //! worse: `GET /_sandbox/stats` serialises every key created so far under the
 //! sandbox's lock (a megabyte at 20,000 events) on each poll, work that would
 //! take the two cores from the writer being measured; and the writer's own
@@ -30,10 +30,10 @@
 //!
 //! Figures: events/s = events delivered in the window over its length;
 //! requests/s = the requests the sandbox had counted at the window's end over
-//! the same length; the ratio to the relay ceiling [4/7] of the same run; the
+//! the same length; the ratio to the relay ceiling [4/8] of the same run; the
 //! CPU of each process over the window and the writer's peak RSS; p50/p99 of
 //! a CRM request → answer from the writer's `handoff_delivery_request_seconds`
-//! histogram, interpolated within buckets as [5/7] does (so "≈").
+//! histogram, interpolated within buckets as [5/8] does (so "≈").
 //!
 //! Afterwards the writer is stopped with SIGTERM and "exactly once" is
 //! checked: the sandbox created each of the N contacts once and updated none,
@@ -83,7 +83,11 @@ use crate::report::thousands;
 use crate::service::{Service, free_port};
 
 /// The private-app token the sandbox accepts and the writer presents.
-const SANDBOX_TOKEN: &str = "pat-bench";
+pub(crate) const SANDBOX_TOKEN: &str = "pat-bench";
+/// The Mailchimp API key the sandbox accepts and the email-writer presents ([8/8]).
+pub(crate) const MAILCHIMP_KEY: &str = "sandbox-key-us1";
+/// The sandbox's Mailchimp audience ([8/8]).
+pub(crate) const MAILCHIMP_LIST: &str = "sandbox-list";
 /// HubSpot's private-app quota, which part (b) gives the sandbox: requests per rolling window.
 pub const QUOTA_REQUESTS: u64 = 100;
 /// The rolling window of that quota.
@@ -667,7 +671,7 @@ async fn first_request(
 }
 
 /// Stops `service` with SIGTERM and records an unclean exit as a problem.
-async fn stopped(name: &str, service: Service, problems: &mut Vec<String>) {
+pub(crate) async fn stopped(name: &str, service: Service, problems: &mut Vec<String>) {
     match service.stop(STOP_WITHIN).await {
         Ok(status) if status.success() => {}
         Ok(status) => problems.push(format!("{name} exited with {status} after SIGTERM")),
@@ -818,18 +822,18 @@ fn arrivals(log: &[Value]) -> anyhow::Result<Vec<(OffsetDateTime, Option<u16>)>>
         .collect()
 }
 
-fn u64_at(value: &Value, pointer: &str) -> u64 {
+pub(crate) fn u64_at(value: &Value, pointer: &str) -> u64 {
     value.pointer(pointer).and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// The sandbox's `/_sandbox` control API.
-struct SandboxApi {
+pub(crate) struct SandboxApi {
     client: reqwest::Client,
     base: String,
 }
 
 impl SandboxApi {
-    fn new(base: &str) -> anyhow::Result<SandboxApi> {
+    pub(crate) fn new(base: &str) -> anyhow::Result<SandboxApi> {
         let client = reqwest::Client::builder()
             .no_proxy()
             // The request log of a long run is several megabytes.
@@ -857,7 +861,7 @@ impl SandboxApi {
     }
 
     /// `GET /_sandbox/stats`.
-    async fn stats(&self) -> anyhow::Result<Value> {
+    pub(crate) async fn stats(&self) -> anyhow::Result<Value> {
         self.get("/_sandbox/stats").await
     }
 
@@ -872,7 +876,7 @@ impl SandboxApi {
 
 /// The quota the sandbox enforces.
 #[derive(Debug, Clone, Copy)]
-enum SandboxQuota {
+pub(crate) enum SandboxQuota {
     /// Far above what the writer can send: part (a).
     Unlimited,
     /// HubSpot's private-app quota: part (b).
@@ -880,7 +884,7 @@ enum SandboxQuota {
 }
 
 /// Starts the sandbox on free ports; returns it and its base URL.
-fn spawn_sandbox(
+pub(crate) fn spawn_sandbox(
     bin: &Path,
     namespace: &str,
     quota: SandboxQuota,
@@ -931,13 +935,20 @@ log_filter = "warn"
 [hubspot]
 tokens = ["{SANDBOX_TOKEN}"]
 {rate_limit}
+
+[mailchimp]
+# The sandbox's defaults, spelled out because the pipeline part [8/8] depends on them;
+# 10 simultaneous connections per key is the real Mailchimp's limit, kept.
+api_keys = ["{MAILCHIMP_KEY}"]
+lists = ["{MAILCHIMP_LIST}"]
+max_connections = 10
 "#
     )
 }
 
 /// The writer's `[hubspot.pacing]`.
 #[derive(Debug, Clone, Copy)]
-enum Pacing {
+pub(crate) enum Pacing {
     /// Far above what it can do: part (a).
     Unlimited,
     /// Its default (HubSpot's quota): part (b).
@@ -947,7 +958,12 @@ enum Pacing {
 }
 
 /// Starts the writer against the sandbox at `crm`, its token in `HUBSPOT_ACCESS_TOKEN`.
-fn spawn_writer(bin: &Path, namespace: &str, crm: &str, pacing: Pacing) -> anyhow::Result<Service> {
+pub(crate) fn spawn_writer(
+    bin: &Path,
+    namespace: &str,
+    crm: &str,
+    pacing: Pacing,
+) -> anyhow::Result<Service> {
     let admin = free_port().context("finding a free port for the admin server")?;
     Service::spawn_with_env(
         "the crm-writer",
@@ -1109,5 +1125,6 @@ mod tests {
         let limited = writer_config("ns", 1, "http://127.0.0.1:2", Pacing::Limit(98));
         assert!(limited.contains("limit = 98"));
         assert!(sandbox_config(1, 2, SandboxQuota::HubSpot).contains("requests = 100,"));
+        assert!(sandbox_config(1, 2, SandboxQuota::Unlimited).contains("max_connections = 10"));
     }
 }

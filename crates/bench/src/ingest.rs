@@ -47,6 +47,11 @@ impl Ingest {
         self.service.pid()
     }
 
+    /// Fails with ingest's last log lines if it has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.service.check_alive()
+    }
+
     /// Polls `/readyz` until it answers 200, failing early if the process exits.
     pub async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         self.service.wait_ready(within).await

@@ -1,9 +1,9 @@
 //! `handoff-bench` (`make bench`): how much of the broker's capacity each
-//! Handoff service turns into work on this machine.
+//! Handoff service, and the whole pipeline, turns into work on this machine.
 //!
-//! Seven scenarios in four parts, each service beside a bare-broker ceiling
+//! Eight scenarios in five parts, each service beside a bare-broker ceiling
 //! that does the same broker work with plain lapin, each counted against what
-//! it should have left in RabbitMQ (and, for the crm-writer, in the CRM):
+//! it should have left in RabbitMQ (and, for the writers, in the sandbox):
 //!
 //! Part `ingest` (`--only ingest`):
 //!
@@ -16,27 +16,40 @@
 //!
 //! Part `normalizer` (`--only normalizer`):
 //!
-//! - [4/7] **relay ceiling** ([`relay`]): a plain lapin consumer at the
+//! - [4/8] **relay ceiling** ([`relay`]): a plain lapin consumer at the
 //!   normalizer's prefetch draining a preloaded backlog of raw envelopes,
 //!   publishing one canonical-sized message per delivery with a confirm and
 //!   acking after it.
-//! - [5/7] **normalizer service** ([`normalizer`]): the real release binary
+//! - [5/8] **normalizer service** ([`normalizer`]): the real release binary
 //!   draining the same backlog, preloaded before it starts.
 //!
 //! Part `normalize` (`--only normalize`):
 //!
-//! - [6/7] **pure normalization cost** ([`cost`]): `handoff_normalize`
+//! - [6/8] **pure normalization cost** ([`cost`]): `handoff_normalize`
 //!   in-process on the seed body and a messy variant, µs per event.
 //!
 //! Part `delivery` (`--only delivery`):
 //!
-//! - [7/7] **crm-writer delivery** ([`delivery`]): the real release binary
+//! - [7/8] **crm-writer delivery** ([`delivery`]): the real release binary
 //!   writing a preloaded backlog of canonical `contact.updated` events into
 //!   the sandbox CRM (its release binary too), (a) with no quota in the way,
-//!   beside the relay ceiling [4/7] (run for it when the normalizer part is
+//!   beside the relay ceiling [4/8] (run for it when the normalizer part is
 //!   not), then (b) under HubSpot's quota of 100 requests per 10 s with the
 //!   writer's default pacing: the share of the quota it uses and of its
 //!   requests answered 429.
+//!
+//! Part `pipeline` (`--only pipeline`):
+//!
+//! - [8/8] **the whole pipeline** ([`pipeline`]): ingest, the normalizer, the
+//!   crm-writer and the email-writer, release binaries on one namespace,
+//!   writing to the sandbox (HubSpot without a quota, Mailchimp at its 10
+//!   connections per key); `lead.created` and `customer.converted` events
+//!   posted one per request. (a) Its peak, closed loop: events/s from the
+//!   first 202 to the last event done at both destinations, beside the relay
+//!   ceiling [4/8] (run for it when no other part did; aim ≥ 20%); (b) half
+//!   that rate, open loop for `--pipeline-seconds`: p50/p99 from the 202 to
+//!   both destinations done, read from each event's ledger (aim p99 < 250
+//!   ms); peak RSS of every service (aim < 64 MiB).
 //!
 //! It prints events/s, p50/p99 latency and each service's ratio to its
 //! ceiling with the target beside it, then the CPU every process burned
@@ -46,11 +59,15 @@
 //! does not start, a request or publish is refused, or a queue does not hold
 //! exactly what was acknowledged (ingest's stage queue; both writer queues
 //! after the normalizer, with nothing dead-lettered; after the crm-writer, an
-//! empty queue, one CRM record and one `delivered` ledger entry per event).
+//! empty queue, one CRM record and one `delivered` ledger entry per event;
+//! after the pipeline, every event `accepted`, `normalized` and `delivered` by
+//! both writers in its ledger, one contact and one Mailchimp member per event
+//! and nothing created twice, every queue empty, nothing dead-lettered).
 //!
 //! Run it with `make bench`, or after `cargo build --release --bins`:
 //! `cargo run --release -p handoff-bench -- --events 5000 --concurrency 32`,
 //! or only one part while iterating on it: `… -- --only normalizer,normalize`
+//! or `… -- --only pipeline`
 //! (`--help` lists the flags and their `HANDOFF_BENCH_*` variables). It needs
 //! the local RabbitMQ and Redis (`HANDOFF_TEST_AMQP_URL` / `HANDOFF_TEST_REDIS_URL`
 //! point elsewhere) and leaves nothing behind in either, Ctrl-C included.
@@ -66,6 +83,7 @@ mod measure;
 mod normalizer;
 mod options;
 mod payload;
+mod pipeline;
 mod procs;
 mod prometheus;
 mod queues;
@@ -88,6 +106,7 @@ use crate::load::{Endpoint, Job, Plan};
 use crate::measure::Measured;
 use crate::normalizer::NormalizerRun;
 use crate::options::{Options, USAGE};
+use crate::pipeline::Pipeline;
 use crate::procs::Watched;
 use crate::relay::Relay;
 use crate::report::{Row, thousands};
@@ -149,7 +168,7 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
     let mut problems = Vec::new();
 
     let parts = opts.only;
-    if parts.ingest || parts.normalizer || parts.delivery {
+    if parts.ingest || parts.normalizer || parts.delivery || parts.pipeline {
         println!(
             "handoff-bench: {} events per scenario (at most {} s each), concurrency {}, \
              batches of {} at concurrency {}, {} warm-up requests",
@@ -160,9 +179,16 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
             opts.batch_concurrency,
             thousands(opts.warmup as u64),
         );
+        if parts.pipeline {
+            println!(
+                "pipeline: {} events at its peak, then {} s at half of it",
+                thousands(opts.pipeline_events as u64),
+                opts.pipeline_duration.as_secs(),
+            );
+        }
         println!(
-            "machine: {cores} cores, shared by the service under test, RabbitMQ, Redis, the \
-             sandbox CRM and this bench process; RabbitMQ {} and Redis {} watched for CPU",
+            "machine: {cores} cores, shared by the services under test, RabbitMQ, Redis, the \
+             sandbox and this bench process; RabbitMQ {} and Redis {} watched for CPU",
             found(&watched.broker),
             found(&watched.redis),
         );
@@ -182,7 +208,7 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
     };
     let costs = if parts.normalize {
         println!(
-            "\n[6/7] pure normalization cost: handoff_normalize in-process, {} calls per body \
+            "\n[6/8] pure normalization cost: handoff_normalize in-process, {} calls per body \
              after warm-up…",
             thousands(opts.iterations as u64)
         );
@@ -207,6 +233,27 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
         None
     };
 
+    let pipeline = if parts.pipeline {
+        // The relay ceiling of this invocation, if another part measured one.
+        let relay = normalizer
+            .as_ref()
+            .map(|part| &part.relay)
+            .or(delivery.as_ref().and_then(|part| part.own_relay.as_ref()));
+        Some(
+            pipeline_part(
+                opts,
+                &run_id,
+                relay,
+                &mut watched,
+                interrupted,
+                &mut problems,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     print_report(
         opts,
         cores,
@@ -214,11 +261,12 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
         normalizer.as_ref(),
         costs.as_deref(),
         delivery.as_ref(),
+        pipeline.as_ref(),
     );
     println!(
         "cleanup: services stopped with SIGTERM, namespaces \
-         bench-{run_id}[-broker|-relay|-normalizer|-delivery|-quota] torn down, their Redis keys \
-         deleted; whole run {:.0} s",
+         bench-{run_id}[-broker|-relay|-normalizer|-delivery|-quota|-pipeline] torn down, their \
+         Redis keys deleted; whole run {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(problems)
@@ -230,7 +278,7 @@ struct IngestPart {
     runs: IngestRuns,
 }
 
-/// [1/7]–[3/7]: the bare-broker ceiling, then ingest's single and batch endpoints.
+/// [1/8]–[3/8]: the bare-broker ceiling, then ingest's single and batch endpoints.
 async fn ingest_part(
     opts: &Options,
     run_id: &str,
@@ -238,7 +286,7 @@ async fn ingest_part(
     interrupted: &CancellationToken,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<IngestPart> {
-    println!("\n[1/7] bare broker: lapin publisher with confirms, no ingest…");
+    println!("\n[1/8] bare broker: lapin publisher with confirms, no ingest…");
     let ceiling = ceiling::run(opts, run_id, watched, interrupted).await?;
     println!(
         "      {} msg/s over {} confirm channels; envelope {} bytes; queue holds {} of {} \
@@ -259,7 +307,7 @@ async fn ingest_part(
 
     let namespace = format!("bench-{run_id}");
     println!(
-        "\n[2/7] starting {} (namespace {namespace})…",
+        "\n[2/8] starting {} (namespace {namespace})…",
         opts.ingest_bin.display()
     );
     let mut ingest = Ingest::spawn(&opts.ingest_bin, &namespace)?;
@@ -300,7 +348,7 @@ struct NormalizerPart {
     service: NormalizerRun,
 }
 
-/// [4/7] and [5/7]: the relay ceiling, then the normalizer service on the same backlog.
+/// [4/8] and [5/8]: the relay ceiling, then the normalizer service on the same backlog.
 async fn normalizer_part(
     opts: &Options,
     run_id: &str,
@@ -311,7 +359,7 @@ async fn normalizer_part(
     let relay = relay_part(opts, run_id, watched, interrupted, problems).await?;
 
     println!(
-        "\n[5/7] normalizer service: {} raw envelopes preloaded into its queue, then the release \
+        "\n[5/8] normalizer service: {} raw envelopes preloaded into its queue, then the release \
          binary drains them…",
         thousands(opts.events as u64)
     );
@@ -333,7 +381,7 @@ async fn normalizer_part(
     Ok(NormalizerPart { relay, service })
 }
 
-/// [4/7]: the relay ceiling, the yardstick of the normalizer and the crm-writer.
+/// [4/8]: the relay ceiling, the yardstick of the normalizer and the crm-writer.
 async fn relay_part(
     opts: &Options,
     run_id: &str,
@@ -343,7 +391,7 @@ async fn relay_part(
 ) -> anyhow::Result<Relay> {
     let prefetch = BusConfig::default().prefetch;
     println!(
-        "\n[4/7] relay ceiling: lapin consumer (prefetch {prefetch}) → publish with confirm → ack, \
+        "\n[4/8] relay ceiling: lapin consumer (prefetch {prefetch}) → publish with confirm → ack, \
          no normalizer; draining {} preloaded raw envelopes…",
         thousands(opts.events as u64)
     );
@@ -373,8 +421,8 @@ struct DeliveryPart {
     quota: Quota,
 }
 
-/// [7/7]: the crm-writer without a quota beside the relay ceiling (measured here unless
-/// `relay` is the one [4/7] measured in this invocation), then under HubSpot's quota.
+/// [7/8]: the crm-writer without a quota beside the relay ceiling (measured here unless
+/// `relay` is the one [4/8] measured in this invocation), then under HubSpot's quota.
 async fn delivery_part(
     opts: &Options,
     run_id: &str,
@@ -387,7 +435,7 @@ async fn delivery_part(
         Some(_) => None,
         None => {
             println!(
-                "\n[7/7] crm-writer delivery is compared to the relay ceiling, which has not run \
+                "\n[7/8] crm-writer delivery is compared to the relay ceiling, which has not run \
                  in this invocation; running it first…"
             );
             Some(relay_part(opts, run_id, watched, interrupted, problems).await?)
@@ -398,7 +446,7 @@ async fn delivery_part(
         .map_or(0.0, |relay| relay.measured.events_per_second());
 
     println!(
-        "\n[7/7] (a) crm-writer delivery without a quota: {} canonical events preloaded into its \
+        "\n[7/8] (a) crm-writer delivery without a quota: {} canonical events preloaded into its \
          queue, then the release binary writes them to the sandbox CRM…",
         thousands(opts.events as u64)
     );
@@ -421,7 +469,7 @@ async fn delivery_part(
     problems.extend(throughput.problems.iter().cloned());
 
     println!(
-        "\n[7/7] (b) crm-writer under HubSpot's quota ({} requests per {} s), pacing {}…",
+        "\n[7/8] (b) crm-writer under HubSpot's quota ({} requests per {} s), pacing {}…",
         delivery::QUOTA_REQUESTS,
         delivery::QUOTA_WINDOW.as_secs(),
         delivery::pacing_label(opts.pacing_limit),
@@ -434,6 +482,59 @@ async fn delivery_part(
         ceiling,
         throughput,
         quota,
+    })
+}
+
+/// What the pipeline part measured.
+struct PipelinePart {
+    /// The relay ceiling of this invocation, when no other part measured one.
+    own_relay: Option<Relay>,
+    /// Events/s of the relay ceiling the pipeline is compared to.
+    ceiling: f64,
+    run: Pipeline,
+}
+
+/// [8/8]: the whole pipeline end to end, beside the relay ceiling (measured here unless
+/// `relay` is one another part measured in this invocation).
+async fn pipeline_part(
+    opts: &Options,
+    run_id: &str,
+    relay: Option<&Relay>,
+    watched: &mut Watched,
+    interrupted: &CancellationToken,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<PipelinePart> {
+    let own_relay = match relay {
+        Some(_) => None,
+        None => {
+            println!(
+                "\n[8/8] the pipeline is compared to the relay ceiling, which has not run in this \
+                 invocation; running it first…"
+            );
+            Some(relay_part(opts, run_id, watched, interrupted, problems).await?)
+        }
+    };
+    let ceiling = relay
+        .or(own_relay.as_ref())
+        .map_or(0.0, |relay| relay.measured.events_per_second());
+    println!(
+        "\n[8/8] the whole pipeline: ingest → normalizer → crm-writer{} → sandbox, release \
+         binaries; lead.created and customer.converted in turn, each for a person of its own…",
+        if opts.no_email_writer {
+            " (WITHOUT the email-writer: --no-email-writer)"
+        } else {
+            " + email-writer"
+        },
+    );
+    let run = pipeline::run(opts, run_id, watched, interrupted).await?;
+    println!("      ledger: {}", run.ledger_check);
+    println!("      sandbox: {}", run.sandbox_check);
+    println!("      queues: {}", run.queue_check);
+    problems.extend(run.problems.iter().cloned());
+    Ok(PipelinePart {
+        own_relay,
+        ceiling,
+        run,
     })
 }
 
@@ -472,6 +573,7 @@ fn print_report(
     normalizer: Option<&NormalizerPart>,
     costs: Option<&[Cost]>,
     delivery: Option<&DeliveryPart>,
+    pipeline: Option<&PipelinePart>,
 ) {
     println!("\n{}", "=".repeat(100));
     let mut rows = Vec::new();
@@ -541,6 +643,42 @@ fn print_report(
             latency_of: "CRM request (hist)",
             estimated: part.throughput.request_latency,
         });
+    }
+    if let Some(part) = pipeline {
+        let ceiling = Some(part.ceiling);
+        if let Some(relay) = &part.own_relay {
+            rows.push(Row {
+                scenario: "relay (lapin)".to_owned(),
+                measured: &relay.measured,
+                ceiling,
+                target: None,
+                latency_of: "delivery→ack",
+                estimated: None,
+            });
+        }
+        let without = if part.run.email_writer {
+            ""
+        } else {
+            ", NO email-writer"
+        };
+        rows.push(Row {
+            scenario: format!("pipeline peak (closed loop{without})"),
+            measured: &part.run.peak.measured,
+            ceiling,
+            target: Some(pipeline::TARGET_SHARE),
+            latency_of: "202→both done",
+            estimated: None,
+        });
+        if let Some(half) = &part.run.half {
+            rows.push(Row {
+                scenario: format!("pipeline at half (open loop{without})"),
+                measured: &half.measured,
+                ceiling,
+                target: None,
+                latency_of: "202→both done",
+                estimated: None,
+            });
+        }
     }
     if !rows.is_empty() {
         print!("{}", report::tables(&rows, cores));
@@ -652,6 +790,142 @@ fn print_report(
             quota.outcomes,
         );
     }
+    if let Some(part) = pipeline {
+        print_pipeline(part);
+    }
+}
+
+/// The pipeline's notes: each phase's figures beside its aim, the latencies on both clocks,
+/// memory, the writers' counters and the checks.
+fn print_pipeline(part: &PipelinePart) {
+    let run = &part.run;
+    let peak = &run.peak;
+    let rate = peak.measured.events_per_second();
+    println!(
+        "\npipeline end to end (ingest → normalizer → crm-writer{} → sandbox: HubSpot without a \
+         quota, Mailchimp at its 10 connections per key; lead.created and customer.converted in \
+         turn, each for a person of its own; {} events warmed the pipeline first):",
+        if run.email_writer {
+            " + email-writer"
+        } else {
+            " (NO email-writer: done = the crm-writer's delivery alone, not the pipeline's figure)"
+        },
+        pipeline::WARMUP_EVENTS,
+    );
+    println!(
+        "  peak, closed loop at {} clients: {} events accepted in {:.1} s, the last done {:.1} s \
+         after the first 202: {} events/s = {:.0}% of the relay ceiling's {} msg/s (aim ≥ {:.0}%: {})",
+        peak.measured.concurrency,
+        thousands(peak.accepted),
+        peak.sending.as_secs_f64(),
+        peak.measured.cpu.wall.as_secs_f64(),
+        thousands(rate.round() as u64),
+        if part.ceiling > 0.0 {
+            100.0 * rate / part.ceiling
+        } else {
+            0.0
+        },
+        thousands(part.ceiling.round() as u64),
+        100.0 * pipeline::TARGET_SHARE,
+        if part.ceiling > 0.0 && rate / part.ceiling >= pipeline::TARGET_SHARE {
+            "met"
+        } else {
+            "NOT met"
+        },
+    );
+    if let Some(half) = &run.half {
+        println!(
+            "  half the peak, open loop: {:.0} events/s offered for {:.1} s ({} accepted, at most \
+             {} requests on their way at once), {} events/s done; p99 202 → done {} ms (aim < {} \
+             ms: {})",
+            half.offered.unwrap_or(0.0),
+            half.sending.as_secs_f64(),
+            thousands(half.accepted),
+            half.measured.concurrency,
+            thousands(half.measured.events_per_second().round() as u64),
+            ms(half.measured.latencies.percentile(99.0)),
+            pipeline::P99_AIM.as_millis(),
+            if half.p99_met() { "met" } else { "NOT met" },
+        );
+    }
+    println!("  latency, p50 / p99 ms:      peak                 half the peak");
+    let both = |f: &dyn Fn(&pipeline::Phase) -> &measure::Latencies| {
+        let cell = |phase: &pipeline::Phase| {
+            let l = f(phase);
+            format!(
+                "{:>8} / {:<8}",
+                ms(l.percentile(50.0)),
+                ms(l.percentile(99.0))
+            )
+        };
+        format!(
+            "{}  {}",
+            cell(peak),
+            run.half.as_ref().map_or("-".to_owned(), cell)
+        )
+    };
+    println!(
+        "    202 → both done         {}",
+        both(&|p| &p.measured.latencies)
+    );
+    println!(
+        "    accepted → both done    {}",
+        both(&|p| &p.from_accepted)
+    );
+    println!("    request → 202           {}", both(&|p| &p.requests));
+    println!(
+        "  clocks: \"202\" is when the bench received ingest's answer, \"accepted\" ingest's ledger \
+         time (the request's arrival), \"done\" the later of the crm-writer's and the \
+         email-writer's ledger `delivered` (written just before each acks); every process runs on \
+         this host and reads the same system clock. \"request → 202\" is timed by the bench \
+         (open loop: from when the request was due). At the peak the events queue in the broker, \
+         so its latencies are mostly waiting; the window (and events/s) runs from the first 202 \
+         to the last event done. The CPU table's readings bracket each phase from its first \
+         request to when the bench saw the last event done (polled every 0.1 s), a little longer \
+         than that window, so \"box busy\" can read slightly over 100%."
+    );
+    let rss = run
+        .rss
+        .iter()
+        .map(|(name, kib)| {
+            format!(
+                "{name} {}",
+                kib.map_or("unknown".to_owned(), |kib| format!(
+                    "{:.1} MiB",
+                    kib as f64 / 1024.0
+                ))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "  peak RSS (VmHWM) at the end: {rss}; aim < {} MiB for each service (the sandbox is not \
+         one): {}",
+        pipeline::RSS_AIM_KIB / 1024,
+        pipeline::rss_verdict(&run.rss),
+    );
+    for writer in &run.writers {
+        println!(
+            "  {}: events {}; requests {} ({:.2} per event written{})",
+            writer.name,
+            writer.outcomes,
+            writer.requests,
+            writer.requests_per_event,
+            if writer.name == "crm-writer" {
+                ", write-backs included"
+            } else {
+                ""
+            },
+        );
+    }
+    println!("  ledger check: {}", run.ledger_check);
+    println!("  sandbox check: {}", run.sandbox_check);
+    println!("  queue check: {}", run.queue_check);
+}
+
+/// Milliseconds with one decimal.
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
 /// What the ingest scenarios produced.
@@ -769,7 +1043,7 @@ async fn ingest_scenarios(
     }
 
     println!(
-        "\n[3/7] {} concurrent batch requests of {} events → POST {batch_url}…",
+        "\n[3/8] {} concurrent batch requests of {} events → POST {batch_url}…",
         opts.batch_concurrency, opts.batch_size
     );
     let jobs = batch_jobs(run_id, 'b', opts.events, opts.batch_size);
@@ -837,6 +1111,7 @@ fn single_jobs(run_id: &str, tag: char, count: usize) -> Vec<Job> {
         .map(|i| Job {
             body: payload::single_body(&payload::event_id(run_id, tag, i)),
             events: 1,
+            url: None,
         })
         .collect()
 }
@@ -849,6 +1124,7 @@ fn batch_jobs(run_id: &str, tag: char, events: usize, batch_size: usize) -> Vec<
         .map(|chunk| Job {
             body: payload::batch_body(chunk.iter().map(String::as_str)),
             events: chunk.len(),
+            url: None,
         })
         .collect()
 }

@@ -1,4 +1,4 @@
-//! The normalizer service under test ([5/7]): its real release binary in a
+//! The normalizer service under test ([5/8]): its real release binary in a
 //! child process ([`Service`]) with a throw-away configuration (a namespace
 //! of its own, a free admin port, JSON logs at `warn`, everything else its
 //! production defaults), draining a backlog.
@@ -285,7 +285,7 @@ async fn drain(
 }
 
 /// Starts `bin` with a config for `namespace`.
-fn spawn(bin: &Path, namespace: &str) -> anyhow::Result<Service> {
+pub(crate) fn spawn(bin: &Path, namespace: &str) -> anyhow::Result<Service> {
     let admin = free_port().context("finding a free port for the admin server")?;
     Service::spawn(
         "the normalizer",

@@ -15,17 +15,25 @@ pub const USAGE: &str = "\
 usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size B]
                      [--batch-concurrency K] [--warmup W] [--max-seconds S]
                      [--iterations I] [--quota-seconds Q] [--pacing-limit L]
+                     [--pipeline-events P] [--pipeline-seconds T] [--no-email-writer]
                      [--ingest-bin PATH] [--normalizer-bin PATH]
-                     [--crm-writer-bin PATH] [--sandbox-bin PATH]
+                     [--crm-writer-bin PATH] [--email-writer-bin PATH]
+                     [--sandbox-bin PATH]
 
   --only PARTS           comma-separated parts to run (default all; HANDOFF_BENCH_ONLY):
-                           ingest      [1-3/7] bare broker, ingest single, ingest batch
-                           normalizer  [4-5/7] relay ceiling, normalizer service
-                           normalize   [6/7]   pure normalization cost, in-process
-                           delivery    [7/7]   crm-writer into the sandbox CRM: throughput
+                           ingest      [1-3/8] bare broker, ingest single, ingest batch
+                           normalizer  [4-5/8] relay ceiling, normalizer service
+                           normalize   [6/8]   pure normalization cost, in-process
+                           delivery    [7/8]   crm-writer into the sandbox CRM: throughput
                                                without a quota (beside the relay ceiling,
                                                run for it if normalizer is not), then
                                                HubSpot's quota
+                           pipeline    [8/8]   the whole pipeline end to end: ingest →
+                                               normalizer → crm-writer + email-writer
+                                               into the sandbox, at its peak (closed
+                                               loop) and at half of it (open loop),
+                                               beside the relay ceiling (run for it if
+                                               neither normalizer nor delivery is)
   --events N             events per scenario; for the relay, the normalizer and the
                          crm-writer, the backlog each drains (default 20000;
                          env HANDOFF_BENCH_EVENTS)
@@ -35,20 +43,31 @@ usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size
   --warmup W             single requests sent before measuring (default 1000; HANDOFF_BENCH_WARMUP)
   --max-seconds S        a scenario stops sending (measuring a drain) after S seconds
                          (default 15; HANDOFF_BENCH_MAX_SECONDS)
-  --iterations I         timed normalize calls per body in [6/7] (default 200000;
+  --iterations I         timed normalize calls per body in [6/8] (default 200000;
                          HANDOFF_BENCH_ITERATIONS)
-  --quota-seconds Q      how long [7/7] measures the crm-writer against HubSpot's quota
+  --quota-seconds Q      how long [7/8] measures the crm-writer against HubSpot's quota
                          (default 30; HANDOFF_BENCH_QUOTA_SECONDS)
   --pacing-limit L       the crm-writer's [hubspot.pacing] limit per 10 s under the quota
                          (default: the writer's own default; HANDOFF_BENCH_PACING_LIMIT)
+  --pipeline-events P    events [8/8] sends at its peak, closed loop at --concurrency
+                         (default 5000; HANDOFF_BENCH_PIPELINE_EVENTS)
+  --pipeline-seconds T   how long [8/8] sends open loop at half the peak's events/s
+                         (default 20; HANDOFF_BENCH_PIPELINE_SECONDS)
+  --no-email-writer      [8/8] without the email-writer: done is then the crm-writer's
+                         delivery alone, which is not the pipeline's figure (to see the
+                         email-writer's share, or without its binary;
+                         HANDOFF_BENCH_NO_EMAIL_WRITER=1)
   --ingest-bin PATH      the ingest binary (default: handoff-ingest beside this binary;
                          HANDOFF_INGEST_BIN)
   --normalizer-bin PATH  the normalizer binary (default: handoff-normalizer beside this
                          binary; HANDOFF_NORMALIZER_BIN)
   --crm-writer-bin PATH  the crm-writer binary (default: handoff-crm-writer beside this
                          binary; HANDOFF_CRM_WRITER_BIN)
-  --sandbox-bin PATH     the sandbox CRM binary (default: handoff-sandbox beside this
-                         binary; HANDOFF_SANDBOX_BIN)";
+  --email-writer-bin PATH
+                         the email-writer binary (default: handoff-email-writer beside
+                         this binary; HANDOFF_EMAIL_WRITER_BIN)
+  --sandbox-bin PATH     the sandbox (HubSpot and Mailchimp) binary (default:
+                         handoff-sandbox beside this binary; HANDOFF_SANDBOX_BIN)";
 
 /// The parts of the bench `--only` can pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +80,8 @@ pub struct Parts {
     pub normalize: bool,
     /// The crm-writer into the sandbox CRM: throughput without a quota, then under HubSpot's.
     pub delivery: bool,
+    /// The whole pipeline end to end, from ingest's 202 to both destinations.
+    pub pipeline: bool,
 }
 
 impl Parts {
@@ -69,6 +90,7 @@ impl Parts {
         normalizer: true,
         normalize: true,
         delivery: true,
+        pipeline: true,
     };
 
     const NONE: Parts = Parts {
@@ -76,6 +98,7 @@ impl Parts {
         normalizer: false,
         normalize: false,
         delivery: false,
+        pipeline: false,
     };
 
     fn parse(list: &str) -> anyhow::Result<Parts> {
@@ -86,9 +109,10 @@ impl Parts {
                 "normalizer" => parts.normalizer = true,
                 "normalize" => parts.normalize = true,
                 "delivery" => parts.delivery = true,
+                "pipeline" => parts.pipeline = true,
                 "all" => parts = Parts::ALL,
                 other => bail!(
-                    "--only takes ingest, normalizer, normalize, delivery or all \
+                    "--only takes ingest, normalizer, normalize, delivery, pipeline or all \
                      (comma-separated), not {other:?}"
                 ),
             }
@@ -124,6 +148,13 @@ pub struct Options {
     /// default, which is what the scenario is about. Set to compare a value before changing
     /// the default.
     pub pacing_limit: Option<u32>,
+    /// Events the pipeline's peak phase sends (closed loop at `concurrency`).
+    pub pipeline_events: usize,
+    /// How long the pipeline's half-peak phase sends (open loop).
+    pub pipeline_duration: Duration,
+    /// Whether the pipeline runs without the email-writer (`--no-email-writer`): "done" is
+    /// then the crm-writer's delivery alone.
+    pub no_email_writer: bool,
     /// Which parts run.
     pub only: Parts,
     /// Path of the `handoff-ingest` binary.
@@ -132,6 +163,8 @@ pub struct Options {
     pub normalizer_bin: PathBuf,
     /// Path of the `handoff-crm-writer` binary.
     pub crm_writer_bin: PathBuf,
+    /// Path of the `handoff-email-writer` binary.
+    pub email_writer_bin: PathBuf,
     /// Path of the `handoff-sandbox` binary.
     pub sandbox_bin: PathBuf,
 }
@@ -154,10 +187,14 @@ impl Options {
         let mut iterations = env("HANDOFF_BENCH_ITERATIONS");
         let mut quota_seconds = env("HANDOFF_BENCH_QUOTA_SECONDS");
         let mut pacing_limit = env("HANDOFF_BENCH_PACING_LIMIT");
+        let mut pipeline_events = env("HANDOFF_BENCH_PIPELINE_EVENTS");
+        let mut pipeline_seconds = env("HANDOFF_BENCH_PIPELINE_SECONDS");
+        let mut no_email_writer = env("HANDOFF_BENCH_NO_EMAIL_WRITER");
         let mut only = env("HANDOFF_BENCH_ONLY");
         let mut ingest_bin = env("HANDOFF_INGEST_BIN");
         let mut normalizer_bin = env("HANDOFF_NORMALIZER_BIN");
         let mut crm_writer_bin = env("HANDOFF_CRM_WRITER_BIN");
+        let mut email_writer_bin = env("HANDOFF_EMAIL_WRITER_BIN");
         let mut sandbox_bin = env("HANDOFF_SANDBOX_BIN");
 
         let mut args = args.into_iter();
@@ -169,6 +206,11 @@ impl Options {
             if flag == "--help" || flag == "-h" {
                 return Ok(None);
             }
+            // The one flag without a value.
+            if flag == "--no-email-writer" {
+                no_email_writer = Some(inline.unwrap_or_else(|| "1".to_owned()));
+                continue;
+            }
             let slot = match flag.as_str() {
                 "--events" => &mut events,
                 "--concurrency" => &mut concurrency,
@@ -179,10 +221,13 @@ impl Options {
                 "--iterations" => &mut iterations,
                 "--quota-seconds" => &mut quota_seconds,
                 "--pacing-limit" => &mut pacing_limit,
+                "--pipeline-events" => &mut pipeline_events,
+                "--pipeline-seconds" => &mut pipeline_seconds,
                 "--only" => &mut only,
                 "--ingest-bin" => &mut ingest_bin,
                 "--normalizer-bin" => &mut normalizer_bin,
                 "--crm-writer-bin" => &mut crm_writer_bin,
+                "--email-writer-bin" => &mut email_writer_bin,
                 "--sandbox-bin" => &mut sandbox_bin,
                 _ => bail!("unknown argument {arg:?}"),
             };
@@ -214,6 +259,13 @@ impl Options {
                     .context("--pacing-limit is too large")?,
             ),
         };
+        let pipeline_events = number("--pipeline-events", pipeline_events, 5_000)?;
+        let pipeline_seconds = number("--pipeline-seconds", pipeline_seconds, 20)?;
+        let no_email_writer = match no_email_writer.as_deref() {
+            None | Some("0" | "false" | "no") => false,
+            Some("1" | "true" | "yes") => true,
+            Some(other) => bail!("--no-email-writer takes no value (or 1/0), not {other:?}"),
+        };
         if events == 0
             || concurrency == 0
             || batch_concurrency == 0
@@ -221,10 +273,13 @@ impl Options {
             || iterations == 0
             || quota_seconds == 0
             || pacing_limit == Some(0)
+            || pipeline_events == 0
+            || pipeline_seconds == 0
         {
             bail!(
                 "--events, --concurrency, --batch-concurrency, --max-seconds, --iterations, \
-                 --quota-seconds and --pacing-limit must be positive"
+                 --quota-seconds, --pacing-limit, --pipeline-events and --pipeline-seconds \
+                 must be positive"
             );
         }
         let only = match only {
@@ -246,6 +301,10 @@ impl Options {
             Some(path) => PathBuf::from(path),
             None => beside_this_binary("handoff-crm-writer")?,
         };
+        let email_writer_bin = match email_writer_bin {
+            Some(path) => PathBuf::from(path),
+            None => beside_this_binary("handoff-email-writer")?,
+        };
         let sandbox_bin = match sandbox_bin {
             Some(path) => PathBuf::from(path),
             None => beside_this_binary("handoff-sandbox")?,
@@ -260,10 +319,14 @@ impl Options {
             iterations,
             quota_duration: Duration::from_secs(quota_seconds as u64),
             pacing_limit,
+            pipeline_events,
+            pipeline_duration: Duration::from_secs(pipeline_seconds as u64),
+            no_email_writer,
             only,
             ingest_bin,
             normalizer_bin,
             crm_writer_bin,
+            email_writer_bin,
             sandbox_bin,
         }))
     }
@@ -335,7 +398,35 @@ mod tests {
                 ..Parts::NONE
             }
         );
+        assert_eq!(
+            parse(&["--only=pipeline"]).only,
+            Parts {
+                pipeline: true,
+                ..Parts::NONE
+            }
+        );
         assert_eq!(parse(&["--only=all"]).only, Parts::ALL);
+    }
+
+    #[test]
+    fn the_pipeline_options_parse() {
+        let o = parse(&[]);
+        assert_eq!(o.pipeline_events, 5_000);
+        assert_eq!(o.pipeline_duration, Duration::from_secs(20));
+        assert!(!o.no_email_writer);
+        let o = parse(&[
+            "--pipeline-events=2_000",
+            "--no-email-writer",
+            "--pipeline-seconds",
+            "7",
+            "--email-writer-bin",
+            "/x/handoff-email-writer",
+        ]);
+        assert_eq!(o.pipeline_events, 2_000);
+        assert_eq!(o.pipeline_duration, Duration::from_secs(7));
+        assert!(o.no_email_writer);
+        assert_eq!(o.email_writer_bin, PathBuf::from("/x/handoff-email-writer"));
+        assert!(!parse(&["--no-email-writer=0"]).no_email_writer);
     }
 
     #[test]
@@ -352,6 +443,9 @@ mod tests {
         assert!(bad(&["--quota-seconds", "0"]));
         assert!(bad(&["--pacing-limit", "0"]));
         assert!(bad(&["--pacing-limit", "5000000000"]));
+        assert!(bad(&["--pipeline-events", "0"]));
+        assert!(bad(&["--pipeline-seconds", "0"]));
+        assert!(bad(&["--no-email-writer=maybe"]));
     }
 
     #[test]

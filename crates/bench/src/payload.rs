@@ -3,8 +3,10 @@
 //! protobuf [`Envelope`] ingest publishes (for the bare-broker ceiling and
 //! the normalizer's input), and the canonical envelope the normalizer makes
 //! of it (for the relay ceiling's output); a messy variant of the seed
-//! for the pure normalization cost; and canonical `contact.updated`
-//! envelopes, each for a person of its own, for the crm-writer.
+//! for the pure normalization cost; canonical `contact.updated`
+//! envelopes, each for a person of its own, for the crm-writer; and the
+//! pipeline's mix of `lead.created` and `customer.converted` bodies, each for
+//! a person (and a company or deal) of its own.
 
 use std::time::{Duration, SystemTime};
 
@@ -173,6 +175,46 @@ pub fn contact_updated(run: &str, tag: char, index: usize) -> (String, Vec<u8>) 
     (event_id, body)
 }
 
+/// The event types of the pipeline's mix, in turn: a lead (contact, company, tags) and a
+/// conversion (contact, deal, associations), the two events every integration sends.
+pub const PIPELINE_EVENT_TYPES: [EventType; 2] =
+    [EventType::LeadCreated, EventType::CustomerConverted];
+
+/// One event of the pipeline's mix: ingest's contract example of
+/// `PIPELINE_EVENT_TYPES[index % 2]` for person `index` of a run (a lead without the
+/// example's custom properties, see below), with its event id, an email of its own (lower case, carrying the run, `tag` and `index`) and, so that no two events
+/// write the same CRM record, a company domain (a lead) or a deal id and CRM contact id (a
+/// conversion) of its own. Returns the type, the event id and the body.
+pub fn pipeline_event(run: &str, tag: char, index: usize) -> (EventType, String, Vec<u8>) {
+    let event_type = PIPELINE_EVENT_TYPES[index % PIPELINE_EVENT_TYPES.len()];
+    let event_id = event_id(run, tag, index);
+    let person = format!("{}{index:08}", tag.to_ascii_lowercase());
+    let mut body = handoff_ingest::contract::example(event_type);
+    body["event_id"] = Value::String(event_id.clone());
+    let email = Value::String(format!("person.{person}@{run}.example.com"));
+    match event_type {
+        EventType::LeadCreated => {
+            // The example's `custom_properties` (`team_size`, `trial_requested`) become HubSpot
+            // properties of the same names, which the sandbox's portal, like a real one, does
+            // not have: the crm-writer's upsert is refused (400 PROPERTY_DOESNT_EXIST) and the
+            // event dead-lettered. A publisher's own fields need properties created first.
+            if let Some(lead) = body["lead"].as_object_mut() {
+                lead.remove("custom_properties");
+            }
+            body["lead"]["email"] = email;
+            body["lead"]["company"] = Value::String(format!("Company {person}"));
+            body["lead"]["company_domain"] =
+                Value::String(format!("co-{person}.{run}.example.com"));
+        }
+        _ => {
+            body["customer"]["email"] = email;
+            body["customer"]["crm_contact_id"] = Value::String(format!("{}", 100_000_000 + index));
+            body["context"]["deal_id"] = Value::String(format!("D-{run}-{person}"));
+        }
+    }
+    (event_type, event_id, body.to_string().into_bytes())
+}
+
 /// Event ids of one scenario: `evt_<run>_<tag><index>`, all the same length so every
 /// scenario moves messages of the same size.
 pub fn event_id(run: &str, tag: char, index: usize) -> String {
@@ -228,6 +270,28 @@ mod tests {
         };
         assert_eq!(email(7), "person.d00000007@r1.example.com");
         assert_ne!(email(1), email(2));
+    }
+
+    #[test]
+    fn pipeline_events_alternate_and_are_each_for_another_person() {
+        let normalizer = Normalizer::new(&NormalizeConfig::default()).expect("config");
+        let mut emails = std::collections::BTreeSet::new();
+        for index in 0..4 {
+            let (event_type, id, body) = pipeline_event("r1", 'P', index);
+            assert_eq!(event_type, PIPELINE_EVENT_TYPES[index % 2]);
+            assert_eq!(id, event_id("r1", 'P', index));
+            let json: Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(json["event_id"], id.as_str());
+            let normalized = normalizer
+                .normalize(event_type, CURRENT_SCHEMA_VERSION, &body)
+                .unwrap_or_else(|r| panic!("{event_type:?} rejected: {r}"));
+            let email = handoff_events::primary_email(&normalized.payload)
+                .expect("an email")
+                .to_owned();
+            assert_eq!(email, format!("person.p{index:08}@r1.example.com"));
+            emails.insert(email);
+        }
+        assert_eq!(emails.len(), 4);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Where the CPU goes: CPU seconds of ingest, the normalizer, the crm-writer,
-//! the sandbox CRM, RabbitMQ, Redis and the bench itself read from `/proc`, and
-//! a service's peak resident memory.
+//! the email-writer, the sandbox, RabbitMQ, Redis and the bench itself read
+//! from `/proc`, and a service's peak resident memory.
 //!
 //! Every process in a run shares the same cores, so a scenario's figures only
 //! make sense next to what each of them burned meanwhile. Linux only; on other
@@ -22,8 +22,10 @@ pub struct Watched {
     pub normalizer: Option<u32>,
     /// The crm-writer child, when one is running.
     pub crm_writer: Option<u32>,
-    /// The sandbox CRM child, when one is running: the stand-in for HubSpot, counted apart
-    /// from the service under test like the broker and Redis are.
+    /// The email-writer child, when one is running.
+    pub email_writer: Option<u32>,
+    /// The sandbox child, when one is running: the stand-in for HubSpot and Mailchimp, counted
+    /// apart from the services under test like the broker and Redis are.
     pub sandbox: Option<u32>,
     /// Every `beam.smp` (the RabbitMQ node), when the broker runs on this machine.
     pub broker: Vec<u32>,
@@ -38,6 +40,7 @@ impl Watched {
             ingest: None,
             normalizer: None,
             crm_writer: None,
+            email_writer: None,
             sandbox: None,
             broker: pids_named("beam.smp"),
             redis: pids_named("redis-server"),
@@ -51,6 +54,7 @@ impl Watched {
             ingest: self.ingest.and_then(cpu_seconds),
             normalizer: self.normalizer.and_then(cpu_seconds),
             crm_writer: self.crm_writer.and_then(cpu_seconds),
+            email_writer: self.email_writer.and_then(cpu_seconds),
             sandbox: self.sandbox.and_then(cpu_seconds),
             broker: sum(&self.broker),
             redis: sum(&self.redis),
@@ -67,6 +71,7 @@ pub struct Sample {
     ingest: Option<f64>,
     normalizer: Option<f64>,
     crm_writer: Option<f64>,
+    email_writer: Option<f64>,
     sandbox: Option<f64>,
     broker: Option<f64>,
     redis: Option<f64>,
@@ -83,6 +88,7 @@ impl Sample {
             ingest: delta(self.ingest, later.ingest),
             normalizer: delta(self.normalizer, later.normalizer),
             crm_writer: delta(self.crm_writer, later.crm_writer),
+            email_writer: delta(self.email_writer, later.email_writer),
             sandbox: delta(self.sandbox, later.sandbox),
             broker: delta(self.broker, later.broker),
             redis: delta(self.redis, later.redis),
@@ -99,6 +105,7 @@ pub struct CpuUse {
     pub ingest: Option<f64>,
     pub normalizer: Option<f64>,
     pub crm_writer: Option<f64>,
+    pub email_writer: Option<f64>,
     /// The sandbox CRM: the destination's work, not the service's.
     pub sandbox: Option<f64>,
     pub broker: Option<f64>,
@@ -109,10 +116,15 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// CPU seconds of the services under test (ingest, the normalizer, the crm-writer), if
-    /// any ran.
+    /// CPU seconds of the services under test (ingest, the normalizer, the writers), if any
+    /// ran.
     pub fn service(&self) -> Option<f64> {
-        let services = [self.ingest, self.normalizer, self.crm_writer];
+        let services = [
+            self.ingest,
+            self.normalizer,
+            self.crm_writer,
+            self.email_writer,
+        ];
         services
             .iter()
             .any(Option::is_some)

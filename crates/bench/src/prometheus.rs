@@ -1,7 +1,8 @@
 //! Reading a service's `/metrics` text (Prometheus exposition format) for the
 //! figures the bench cannot take from outside: a histogram's quantiles, an
-//! unlabelled sample, a counter summed by its `outcome` label. What
-//! [`crate::normalizer`] and [`crate::delivery`] have in common.
+//! unlabelled sample, a counter summed by its `outcome` label or over the
+//! series whose labels pass a test. What [`crate::normalizer`],
+//! [`crate::delivery`] and [`crate::pipeline`] have in common.
 
 use crate::report::thousands;
 
@@ -73,6 +74,35 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
         (lower, below) = (bound, count);
     }
     Some(lower)
+}
+
+/// The sum of every series of `name` whose labels (`(name, value)` pairs, quotes removed)
+/// pass `keep`; 0 when there is none.
+pub fn sum_where(text: &str, name: &str, keep: impl Fn(&[(&str, &str)]) -> bool) -> f64 {
+    let prefix = format!("{name}{{");
+    let mut total = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let labels: Vec<(&str, &str)> = labels
+            .split(',')
+            .filter_map(|l| l.trim().split_once('='))
+            .map(|(k, v)| (k, v.trim_matches('"')))
+            .collect();
+        if keep(&labels) {
+            total += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// The value of label `name` among `labels`, as [`sum_where`] passes them.
+pub fn label<'a>(labels: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
+    labels.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
 }
 
 /// Counter `name` by its `outcome` label, summed over every other label, as
@@ -159,6 +189,19 @@ r_seconds_bucket{destination=\"hubspot\",operation=\"associate\",le=\"+Inf\"} 1
             histogram(text, "r_seconds"),
             vec![(0.01, 4.0), (f64::INFINITY, 5.0)]
         );
+    }
+
+    #[test]
+    fn series_are_summed_by_their_labels() {
+        let delivered = sum_where(TEXT, "handoff_normalizer_events_total", |labels| {
+            label(labels, "outcome") == Some("normalized")
+        });
+        assert!((delivered - 99.0).abs() < 1e-9);
+        let leads = sum_where(TEXT, "handoff_normalizer_events_total", |labels| {
+            label(labels, "event_type") == Some("lead.created")
+        });
+        assert!((leads - 1.0).abs() < 1e-9);
+        assert_eq!(sum_where(TEXT, "nothing_total", |_| true), 0.0);
     }
 
     #[test]

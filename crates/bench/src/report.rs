@@ -80,16 +80,17 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
     let _ = writeln!(
         out,
         "\nCPU seconds used during each measured window ({cores} cores = {cores} CPU-s per wall second, \
-         shared by the service, RabbitMQ, Redis, the sandbox CRM and this bench process):"
+         shared by the services, RabbitMQ, Redis, the sandbox and this bench process):"
     );
     let _ = writeln!(
         out,
-        "{:<width$}  {:>6}  {:>6}  {:>10}  {:>6}  {:>11}  {:>9}  {:>8}  {:>5}  {:>7}  {:>6}  {:>14}  {:>5}  {:>8}",
+        "{:<width$}  {:>6}  {:>6}  {:>10}  {:>6}  {:>7}  {:>11}  {:>9}  {:>8}  {:>5}  {:>7}  {:>6}  {:>14}  {:>5}  {:>8}",
         "scenario",
         "wall s",
         "ingest",
         "normalizer",
-        "writer",
+        "crm-w",
+        "email-w",
         "service/1k",
         "all/1k ev",
         "rabbitmq",
@@ -127,12 +128,13 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
         busy_elsewhere |= cpu.other().is_some_and(|o| o > 0.1 * capacity);
         let _ = writeln!(
             out,
-            "{:<width$}  {:>6.2}  {:>6}  {:>10}  {:>6}  {:>11}  {:>9.3}  {:>8}  {:>5}  {:>7}  {:>6}  {:>14}  {:>5}  {:>8}",
+            "{:<width$}  {:>6.2}  {:>6}  {:>10}  {:>6}  {:>7}  {:>11}  {:>9.3}  {:>8}  {:>5}  {:>7}  {:>6}  {:>14}  {:>5}  {:>8}",
             row.scenario,
             wall,
             seconds(cpu.ingest),
             seconds(cpu.normalizer),
             seconds(cpu.crm_writer),
+            seconds(cpu.email_writer),
             per_1k.map_or("-".to_owned(), |s| format!("{s:.3}")),
             all_per_1k,
             seconds(cpu.broker),
@@ -147,10 +149,10 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
     let _ = writeln!(
         out,
         "(\"…/1k\" = CPU-s per 1,000 events: the service under test alone, and service + RabbitMQ + \
-         Redis + sandbox + bench together, the figure least disturbed by other work; \"writer\" = \
-         the crm-writer; \"sandbox\" = the stand-in CRM the writer writes to; \"bench\" = this \
-         process: the load generator, the lapin publisher or the relay, or only a queue poller while \
-         a service drains; \"other\" = busy CPU of the whole machine not used by those, kernel \
+         Redis + sandbox + bench together, the figure least disturbed by other work; \"crm-w\" / \
+         \"email-w\" = the crm-writer and the email-writer; \"sandbox\" = the stand-in HubSpot and \
+         Mailchimp the writers write to; \"bench\" = this process: the load generator, the lapin \
+         publisher or the relay, or only a poller while services drain; \"other\" = busy CPU of the whole machine not used by those, kernel \
          included; \"box busy\" = all busy CPU / capacity)"
     );
     if busy_elsewhere {
