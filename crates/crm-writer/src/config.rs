@@ -213,4 +213,18 @@ mod tests {
         .expect("load");
         assert_eq!(cfg.hubspot.base_url, "https://api.hubapi.com");
     }
+
+    #[test]
+    fn a_custom_property_map_with_a_half_wildcard_fails() {
+        let mut cfg = Config::default();
+        cfg.routes
+            .values
+            .custom_properties
+            .insert("*".into(), "everything".into());
+        let err = cfg.validate().expect_err("\"*\" maps only to \"*\"");
+        assert!(err.to_string().contains("custom_properties"), "{err}");
+        cfg.routes.values.custom_properties =
+            [("*".to_owned(), "*".to_owned())].into_iter().collect();
+        assert!(cfg.validate().is_ok());
+    }
 }

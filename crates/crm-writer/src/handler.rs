@@ -130,10 +130,16 @@ impl CrmHandler {
                 return outcome;
             }
         }
-        let ledger = stage
+        let mut ledger = stage
             .ledger_update(&id, "delivered")
             .with_detail("destination", id.destination)
             .with_detail("records", records_detail(&touched));
+        if let Work::Plan(plan) = &work
+            && !plan.unmapped.is_empty()
+        {
+            metrics::unmapped_fields(CRM_WRITER, &id.event_type, plan.unmapped.len());
+            ledger = ledger.with_detail("unmapped_custom_properties", plan.unmapped.clone());
+        }
         stage.delivered(&id, &claimed, &ledger).await;
         debug!(records = touched.len(), "Written to the CRM.");
         Outcome::Ack

@@ -109,6 +109,10 @@ pub struct Plan {
     pub upserts: Vec<Upsert>,
     /// `(from, to)` pairs, associated with HubSpot's default association type.
     pub associations: Vec<(RecordKey, RecordKey)>,
+    /// The contact's custom properties `[routes.values.custom_properties]` does not map: left
+    /// out (HubSpot refuses a whole write that names a property the portal lacks), counted and
+    /// listed in the ledger.
+    pub unmapped: Vec<String>,
 }
 
 /// Why an event cannot be written at all.
@@ -150,6 +154,7 @@ pub fn write_back_plan(synced: &handoff_events::v1::Synced) -> Result<Plan, Plan
             properties,
         }],
         associations: Vec::new(),
+        unmapped: Vec::new(),
     })
 }
 
@@ -180,7 +185,12 @@ pub fn plan(
     match event {
         Event::LeadCreated(e) => {
             let company = b.company(e.company.as_ref());
-            let mut props = contact_properties(e.contact.as_ref(), e.company.as_ref());
+            let mut props = contact_properties(
+                e.contact.as_ref(),
+                e.company.as_ref(),
+                &values.custom_properties,
+                &mut b.unmapped,
+            );
             attribution_properties(e.attribution.as_ref(), &mut props);
             if let Some(form) = &e.form_id {
                 props.insert("handoff_form_id".into(), form.clone());
@@ -189,7 +199,12 @@ pub fn plan(
             b.associate_both(&contact, company.as_ref());
         }
         Event::MeetingBooked(e) => {
-            let mut props = contact_properties(e.contact.as_ref(), None);
+            let mut props = contact_properties(
+                e.contact.as_ref(),
+                None,
+                &values.custom_properties,
+                &mut b.unmapped,
+            );
             attribution_properties(e.attribution.as_ref(), &mut props);
             let contact = b.contact(e.contact.as_ref(), props)?;
             let deal = b.meeting_deal(facts, e.meeting.as_ref(), e.contact.as_ref(), values);
@@ -197,7 +212,12 @@ pub fn plan(
         }
         Event::CustomerConverted(e) => {
             let company = b.company(e.company.as_ref());
-            let mut props = contact_properties(e.contact.as_ref(), e.company.as_ref());
+            let mut props = contact_properties(
+                e.contact.as_ref(),
+                e.company.as_ref(),
+                &values.custom_properties,
+                &mut b.unmapped,
+            );
             attribution_properties(e.attribution.as_ref(), &mut props);
             subscription_properties(e.subscription.as_ref(), &mut props);
             props.insert(
@@ -234,7 +254,12 @@ pub fn plan(
             }
         }
         Event::PaymentFailed(e) => {
-            let mut props = contact_properties(e.contact.as_ref(), None);
+            let mut props = contact_properties(
+                e.contact.as_ref(),
+                None,
+                &values.custom_properties,
+                &mut b.unmapped,
+            );
             subscription_properties(e.subscription.as_ref(), &mut props);
             props.insert(
                 values.health_property.clone(),
@@ -252,7 +277,12 @@ pub fn plan(
         }
         Event::ContactUpdated(e) => {
             let company = b.company(e.company.as_ref());
-            let props = contact_properties(e.contact.as_ref(), e.company.as_ref());
+            let props = contact_properties(
+                e.contact.as_ref(),
+                e.company.as_ref(),
+                &values.custom_properties,
+                &mut b.unmapped,
+            );
             let contact = b.contact(e.contact.as_ref(), props)?;
             b.associate_both(&contact, company.as_ref());
         }
@@ -277,16 +307,21 @@ struct Builder {
     contacts: Vec<Upsert>,
     others: Vec<Upsert>,
     associations: Vec<(RecordKey, RecordKey)>,
+    unmapped: Vec<String>,
 }
 
 impl Builder {
-    fn finish(self) -> Plan {
+    fn finish(mut self) -> Plan {
+        // Custom properties come from a map without order: sorted, so the ledger reads the same.
+        self.unmapped.sort();
+        self.unmapped.dedup();
         let mut upserts = self.companies;
         upserts.extend(self.contacts);
         upserts.extend(self.others);
         Plan {
             upserts,
             associations: self.associations,
+            unmapped: self.unmapped,
         }
     }
 
@@ -514,6 +549,8 @@ fn company_key(company: &Company) -> Option<RecordKey> {
 fn contact_properties(
     contact: Option<&Contact>,
     company: Option<&Company>,
+    custom: &BTreeMap<String, String>,
+    unmapped: &mut Vec<String>,
 ) -> BTreeMap<String, String> {
     let mut props = BTreeMap::new();
     let Some(c) = contact else {
@@ -540,11 +577,25 @@ fn contact_properties(
     if let Some(name) = company.and_then(|co| co.name.as_deref()) {
         props.insert("company".into(), name.to_owned());
     }
-    for (k, v) in &c.custom_properties {
-        props.entry(k.clone()).or_insert_with(|| v.clone());
+    for (name, value) in &c.custom_properties {
+        let target = custom.get(name).or_else(|| {
+            custom
+                .get(ALL_CUSTOM)
+                .filter(|t| *t == ALL_CUSTOM)
+                .map(|_| name)
+        });
+        match target {
+            Some(target) => {
+                props.entry(target.clone()).or_insert_with(|| value.clone());
+            }
+            None => unmapped.push(name.clone()),
+        }
     }
     props
 }
+
+/// `"*" = "*"` in `[routes.values.custom_properties]`: every custom property under its own name.
+pub const ALL_CUSTOM: &str = "*";
 
 fn attribution_properties(attribution: Option<&Attribution>, props: &mut BTreeMap<String, String>) {
     let Some(a) = attribution else {
@@ -976,5 +1027,55 @@ mod tests {
         ] {
             assert_eq!(write_back_plan(&synced(bad)), Err(PlanError::NoSubscriber));
         }
+    }
+
+    #[test]
+    fn only_mapped_custom_properties_are_written_and_the_rest_are_listed() {
+        let contact = Contact {
+            email: Some("kim@example.com".into()),
+            custom_properties: [("team_size", "11-50"), ("nps", "9"), ("tier", "gold")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into_iter()
+                .collect(),
+            ..Contact::default()
+        };
+        let event = CanonicalPayload {
+            event: Some(Event::ContactUpdated(ContactUpdated {
+                contact: Some(contact),
+                company: None,
+            })),
+        };
+        let facts = EventFacts {
+            event_type: EventType::ContactUpdated,
+            event_id: "e1",
+        };
+        let mut values = CrmValues::default();
+        let plan_with = |values: &CrmValues| plan(facts, Some(&event), values).expect("a plan");
+
+        // Nothing mapped (the default): all left out, listed.
+        let p = plan_with(&values);
+        assert_eq!(p.unmapped, ["nps", "team_size", "tier"]);
+        assert!(!p.upserts[0].properties.contains_key("team_size"));
+
+        // Mapped ones under their HubSpot names; the rest listed.
+        values.custom_properties = [("team_size", "team_size"), ("nps", "hs_nps")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into_iter()
+            .collect();
+        let p = plan_with(&values);
+        let props = &p.upserts[0].properties;
+        assert_eq!(props.get("team_size").map(String::as_str), Some("11-50"));
+        assert_eq!(props.get("hs_nps").map(String::as_str), Some("9"));
+        assert!(!props.contains_key("nps"));
+        assert_eq!(p.unmapped, ["tier"]);
+
+        // "*" = "*": every one under its own name.
+        values.custom_properties = [("*".to_owned(), "*".to_owned())].into_iter().collect();
+        let p = plan_with(&values);
+        assert!(p.unmapped.is_empty());
+        assert_eq!(
+            p.upserts[0].properties.get("tier").map(String::as_str),
+            Some("gold")
+        );
     }
 }

@@ -69,6 +69,11 @@ pub struct CrmValues {
     /// Priority of a failed-payment ticket whose event names none (`LOW`, `MEDIUM`, `HIGH`,
     /// `URGENT`).
     pub ticket_priority: String,
+    /// A contact's custom properties → the HubSpot contact properties they are written to. HubSpot
+    /// refuses a whole write naming a property the portal does not define, so only mapped ones
+    /// are written; the rest are left out, counted and listed in the ledger. `"*" = "*"` writes
+    /// every one under its own name (the portal must define them all). Empty by default.
+    pub custom_properties: BTreeMap<String, String>,
 }
 
 impl Default for CrmValues {
@@ -91,6 +96,7 @@ impl Default for CrmValues {
                 .map(|(k, v)| (k.to_owned(), v.to_owned())),
             ),
             ticket_priority: "HIGH".to_owned(),
+            custom_properties: BTreeMap::new(),
         }
     }
 }
@@ -129,6 +135,17 @@ impl RoutesConfig {
             return Err(
                 "values.ticket_stages: needs a stage for \"new\" (where tickets open)".into(),
             );
+        }
+        for (name, property) in &v.custom_properties {
+            let all = crate::plan::ALL_CUSTOM;
+            if name.trim().is_empty() || property.trim().is_empty() {
+                return Err("values.custom_properties: names must not be empty".into());
+            }
+            if (name == all) != (property == all) {
+                return Err(format!(
+                    "values.custom_properties: {name:?} = {property:?}: \"*\" maps only to \"*\""
+                ));
+            }
         }
         Ok(())
     }

@@ -487,6 +487,16 @@ pub mod metrics {
         .increment(1);
     }
 
+    /// Event fields left out because no mapping names a destination field for them.
+    pub fn unmapped_fields(stage: &'static str, event_type: &str, n: usize) {
+        metrics::counter!(
+            "handoff_writer_unmapped_fields_total",
+            "stage" => stage,
+            "event_type" => event_type.to_owned()
+        )
+        .increment(n as u64);
+    }
+
     /// Records created or updated, by kind and disposition.
     pub fn record(stage: &'static str, kind: &'static str, disposition: &'static str) {
         metrics::counter!(

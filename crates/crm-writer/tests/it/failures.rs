@@ -34,7 +34,14 @@ fn contact_updated(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_400_is_dead_lettered_at_once_with_the_crm_error_and_others_keep_flowing() {
-    let world = World::start().await;
+    // A custom property mapped to a HubSpot property the portal does not define.
+    let world = World::start_with(|cfg| {
+        cfg.routes.values.custom_properties.insert(
+            "not_a_portal_property".into(),
+            "not_a_portal_property".into(),
+        );
+    })
+    .await;
     let mut bad = contact_updated("perm-1", T0, "bad@example.com", "x");
     if let Some(handoff_events::v1::envelope::Payload::Canonical(c)) = &mut bad.payload
         && let Some(Event::ContactUpdated(e)) = &mut c.event
