@@ -140,9 +140,8 @@ impl CrmHandler {
             metrics::unmapped_fields(CRM_WRITER, &id.event_type, plan.unmapped.len());
             ledger = ledger.with_detail("unmapped_custom_properties", plan.unmapped.clone());
         }
-        stage.delivered(&id, &claimed, &ledger).await;
         debug!(records = touched.len(), "Written to the CRM.");
-        Outcome::Ack
+        stage.delivered(&id, &claimed, &ledger).await
     }
 
     /// An `email.subscriber.synced` report: the subscriber id onto the CRM contact, under its own
@@ -201,9 +200,8 @@ impl CrmHandler {
             .ledger_update(&id, "delivered")
             .with_detail("destination", id.destination)
             .with_detail("records", records_detail(&touched));
-        stage.delivered(&id, &claimed, &ledger).await;
         debug!("Wrote the subscriber id back onto the CRM contact.");
-        Outcome::Ack
+        stage.delivered(&id, &claimed, &ledger).await
     }
 
     /// The plan (HubSpot) or the payload (REST); `Err` is a dead letter's class and reason.

@@ -220,31 +220,65 @@ impl WriterStage {
         }
     }
 
-    /// Gives the claim back so a retry can take it (best effort: it expires anyway).
+    /// Gives the claim back so a retry can take it. If Redis is away, it is released in the
+    /// background once Redis is back, so the retry does not wait out the lease.
     pub async fn release(&self, claimed: &Claimed) {
         if let Err(err) = self.store.release(&claimed.key, &claimed.token).await {
-            debug!(error = %err, "Could not release the claim; it will expire.");
+            debug!(error = %err, "Could not release the claim yet; retrying in the background.");
+            self.store
+                .release_in_background(&claimed.key, &claimed.token, self.dedupe.lease);
         }
     }
 
-    /// Completes the claim with the ledger's `delivered` in one round trip, then counts the event.
-    /// A failure here is only logged: the destination has the records, and a redelivery repeats
-    /// idempotent writes.
-    pub async fn delivered(&self, id: &EventIdentity, claimed: &Claimed, ledger: &LedgerUpdate) {
-        if let Err(err) = self
-            .store
-            .complete(
-                &claimed.key,
-                &claimed.token,
-                &claimed.fingerprint,
-                self.dedupe.retention,
-                Some(ledger),
-            )
-            .await
-        {
-            warn!(error = %err, "Written, but the dedupe record could not be written.");
+    /// Completes the claim with the ledger's `delivered` in one round trip (retried briefly),
+    /// counts the event and acks it. If Redis stays away, the destination has the records but
+    /// neither the dedupe record nor the ledger says so: the completion goes on in the background
+    /// and the message is retried, so the ledger is never left without the delivery (the retry
+    /// finds the event done once the completion lands, or repeats idempotent writes).
+    pub async fn delivered(
+        &self,
+        id: &EventIdentity,
+        claimed: &Claimed,
+        ledger: &LedgerUpdate,
+    ) -> Outcome {
+        let mut pause = Duration::from_millis(50);
+        let mut last_error = None;
+        for _ in 0..3 {
+            match self
+                .store
+                .complete(
+                    &claimed.key,
+                    &claimed.token,
+                    &claimed.fingerprint,
+                    self.dedupe.retention,
+                    Some(ledger),
+                )
+                .await
+            {
+                Ok(()) => {
+                    metrics::event(self.stage, &id.event_type, "delivered");
+                    return Outcome::Ack;
+                }
+                Err(err) => last_error = Some(err),
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 4;
         }
-        metrics::event(self.stage, &id.event_type, "delivered");
+        let error = last_error.map(|e| e.to_string()).unwrap_or_default();
+        warn!(%error, "Written, but the dedupe record and the ledger could not be written; retrying the message.");
+        self.store.complete_in_background(
+            &claimed.key,
+            &claimed.token,
+            &claimed.fingerprint,
+            self.dedupe.retention,
+            Some(ledger.clone()),
+            self.dedupe.lease,
+        );
+        metrics::event(self.stage, &id.event_type, "retry");
+        Outcome::RetryLater {
+            delay: self.retry.base,
+            error: format!("written, but the completion could not be recorded: {error}"),
+        }
     }
 
     /// Publishes a writer's report (`Synced`) about `envelope` to `routing_key`, with the event's

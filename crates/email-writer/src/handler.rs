@@ -201,9 +201,8 @@ impl EmailHandler {
                 return stage.failed(&id, delivery, err).await;
             }
         }
-        stage.delivered(&id, &claimed, &ledger).await;
         debug!("Written to the email platform.");
-        Outcome::Ack
+        stage.delivered(&id, &claimed, &ledger).await
     }
 }
 

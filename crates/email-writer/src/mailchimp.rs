@@ -277,7 +277,7 @@ impl Mailchimp {
     /// Mailchimp's event list lags behind a POST it applied, or a POST whose answer the writer
     /// gave up on is still being processed when the next attempt reads the list, the event is
     /// posted a second time. A crash's redelivery reads the list only after the claim's lease
-    /// has run out (`dedupe.lease`, 30 s by default); a lost answer's retry reads it after the
+    /// has run out (`dedupe.lease`, 180 s by default); a lost answer's retry reads it after the
     /// retry backoff, which is full jitter and can be well under a second on an early attempt
     /// (after a timeout, the HTTP timeout has passed as well; after a reset, nothing more). The
     /// check also reads at most `EVENTS_MAX_PAGES` pages: a member with more than 10,000 events
@@ -402,7 +402,9 @@ impl Mailchimp {
     /// Gives the member event's claim back so a retry can take it (best effort: it expires).
     async fn release(&self, claimed: &EventClaim<'_>) {
         if let Err(err) = self.store.release(claimed.key, claimed.token).await {
-            debug!(error = %err, "Could not release the member event's claim; it will expire.");
+            debug!(error = %err, "Could not release the member event's claim yet; retrying in the background.");
+            self.store
+                .release_in_background(claimed.key, claimed.token, self.event_lease);
         }
     }
 
@@ -445,7 +447,17 @@ impl Mailchimp {
                     pause *= 4;
                 }
                 Err(err) => {
-                    error!(error = %err, "Sent the member event but could not record it: the next attempt checks Mailchimp's event list before sending it again.");
+                    error!(error = %err, "Sent the member event but could not record it yet: recording it in the background (meanwhile an attempt checks Mailchimp's event list before sending it again).");
+                    // Left `started`, the claim would hold every other report of the invoice
+                    // for its whole lease.
+                    self.store.complete_in_background(
+                        claimed.key,
+                        claimed.token,
+                        claimed.fingerprint,
+                        self.event_retention,
+                        None,
+                        self.event_lease,
+                    );
                 }
             }
         }

@@ -283,7 +283,7 @@ impl Store {
             Ok(existing) => existing,
             Err(err) => {
                 span.record("handoff.claim.result", "error");
-                self.take_back_unanswered_claim(key, token);
+                self.take_back_unanswered_claim(key, token, lease);
                 return Err(err);
             }
         };
@@ -301,23 +301,90 @@ impl Store {
         claim
     }
 
-    /// A claim whose answer did not come back in time may still have landed (or land later, from
-    /// a batch still queued): then every retry of the event would find it "in flight" and wait a
-    /// whole lease for a worker that gave up. So the claim is released in the background, twice,
-    /// one and two `op_timeout`s later; release only deletes a record carrying our token, so this
-    /// never touches anyone else's claim.
-    fn take_back_unanswered_claim(&self, key: &IdempotencyKey, token: ClaimToken) {
+    /// Releases our claim in the background, retrying every half second until Redis answers or
+    /// `within` (the claim's lease: after it the claim is gone anyway) has passed. For a release
+    /// that failed because Redis was away: left alone, the claim would make every retry of the
+    /// event wait its whole lease for a worker that gave up long ago.
+    pub fn release_in_background(
+        &self,
+        key: &IdempotencyKey,
+        token: &ClaimToken,
+        within: Duration,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let store = self.clone();
         let key = key.clone();
-        let wait = self.inner.shared.op_timeout;
+        let token = token.clone();
         runtime.spawn(async move {
-            for _ in 0..2 {
-                tokio::time::sleep(wait).await;
-                if let Err(err) = store.release(&key, &token).await {
-                    tracing::debug!(error = %err, "Could not take back an unanswered claim yet.");
+            let deadline = tokio::time::Instant::now() + within;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if store.release(&key, &token).await.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Completes our claim (with `ledger`) in the background, retrying every half second until
+    /// Redis answers or `within` has passed. For a completion that failed because Redis was away
+    /// after the side effect happened: the message is retried meanwhile, and finds the event
+    /// done once this lands.
+    pub fn complete_in_background(
+        &self,
+        key: &IdempotencyKey,
+        token: &ClaimToken,
+        fingerprint: &str,
+        retention: Duration,
+        ledger: Option<LedgerUpdate>,
+        within: Duration,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.clone();
+        let key = key.clone();
+        let token = token.clone();
+        let fingerprint = fingerprint.to_owned();
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + within;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let done = store
+                    .complete(&key, &token, &fingerprint, retention, ledger.as_ref())
+                    .await;
+                if done.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A claim whose answer did not come back in time may still have landed (or land later, from
+    /// a batch still queued): then every retry of the event would find it "in flight" and wait a
+    /// whole lease for a worker that gave up. So the claim is released in the background, every
+    /// half second until two releases have gone through (the second catches a claim that landed
+    /// after the first) or the lease has passed (Redis may be away for a while). A release only
+    /// deletes a record carrying our token, so this never touches anyone else's claim.
+    fn take_back_unanswered_claim(&self, key: &IdempotencyKey, token: ClaimToken, lease: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.clone();
+        let key = key.clone();
+        let pause = self.inner.shared.op_timeout.max(Duration::from_millis(500));
+        runtime.spawn(async move {
+            let deadline = tokio::time::Instant::now() + lease;
+            let mut released = 0;
+            while released < 2 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(pause).await;
+                match store.release(&key, &token).await {
+                    Ok(()) => released += 1,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "Could not take back an unanswered claim yet.");
+                    }
                 }
             }
         });

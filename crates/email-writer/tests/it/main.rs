@@ -6,5 +6,6 @@ mod consent;
 mod failures;
 mod helpers;
 mod member_events;
+mod outages;
 mod rest;
 mod routes;
