@@ -129,6 +129,36 @@ pub fn init_telemetry() {
     handoff_kit::telemetry::init_for_tests();
 }
 
+/// Waits until `n` `DeadLetter` records have arrived on the namespace's dead-letter queue and
+/// returns them (taken off the queue); fails the test after `within`.
+pub async fn dead_letters(
+    inspector: &handoff_bus::Bus,
+    n: usize,
+    within: std::time::Duration,
+) -> Vec<handoff_events::v1::DeadLetter> {
+    use handoff_events::Message as _;
+    let queue = inspector.topology().dead_letter_queue();
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while found.len() < n && tokio::time::Instant::now() < deadline {
+        for d in drain_queue(inspector, &queue).await {
+            found.push(
+                handoff_events::v1::DeadLetter::decode(d.body.as_slice())
+                    .expect("a DeadLetter record"),
+            );
+        }
+        if found.len() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert!(
+        found.len() >= n,
+        "expected {n} dead letters within {within:?}, got {}",
+        found.len()
+    );
+    found
+}
+
 /// Deletes every Redis key under `prefix` (the test's namespace).
 pub async fn cleanup_redis(prefix: &str) {
     let Ok(client) = redis::Client::open(redis_url()) else {

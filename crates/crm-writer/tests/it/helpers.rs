@@ -167,23 +167,7 @@ impl World {
 
     /// Waits until `n` dead letters arrived and returns them (taken off the queue).
     pub async fn dead_letters(&self, n: usize, within: Duration) -> Vec<DeadLetter> {
-        let queue = self.inspector.topology().dead_letter_queue();
-        let mut found = Vec::new();
-        let deadline = tokio::time::Instant::now() + within;
-        while found.len() < n && tokio::time::Instant::now() < deadline {
-            for d in support::drain_queue(&self.inspector, &queue).await {
-                found.push(DeadLetter::decode(d.body.as_slice()).expect("a DeadLetter record"));
-            }
-            if found.len() < n {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        assert!(
-            found.len() >= n,
-            "expected {n} dead letters within {within:?}, got {}",
-            found.len()
-        );
-        found
+        support::dead_letters(&self.inspector, n, within).await
     }
 
     /// The crm.contact.synced reports so far (taken off the email-writer queue, which binds them).
