@@ -218,9 +218,39 @@ pub async fn run<H: Handler>(
         )));
     }
     let queue: Arc<str> = bus.topology().stage_queue(stage).into();
-    let stage: Arc<str> = stage.into();
+    consume(bus, queue, Some(stage.into()), handler, shutdown).await;
+    Ok(())
+}
+
+/// Consumes the namespace's dead-letter queue (`{ns}.dead-letters`) until `shutdown`,
+/// then drains, like [`run`] does for a stage; [`read_dead_letter`] reads what arrives.
+///
+/// The dead-letter queue has no delay queues and no dead-letter exchange of its own,
+/// so only [`Outcome::Ack`] settles a message: any other outcome requeues it at once.
+/// A handler that cannot store a message yet (its store is down) should wait and try
+/// again itself, and requeue only when it is shutting down.
+pub async fn run_dead_letters<H: Handler>(
+    bus: &Bus,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let queue: Arc<str> = bus.topology().dead_letter_queue().into();
+    consume(bus, queue, None, handler, shutdown).await;
+    Ok(())
+}
+
+/// The subscription loop of [`run`] and [`run_dead_letters`]; `stage` is `None` for
+/// the dead-letter queue.
+async fn consume<H: Handler>(
+    bus: &Bus,
+    queue: Arc<str>,
+    stage: Option<Arc<str>>,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
     let span_name: Arc<str> = format!("process {queue}").into();
-    let tag = format!("handoff-{stage}-{:016x}", rand::rng().random::<u64>());
+    let tag_stage = stage.as_deref().unwrap_or("dead-letters");
+    let tag = format!("handoff-{tag_stage}-{:016x}", rand::rng().random::<u64>());
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut channel: Option<Channel> = None;
 
@@ -303,7 +333,6 @@ pub async fn run<H: Handler>(
         let _ = ch.close(200, "consumer stopped".into()).await;
     }
     info!(queue = %queue, "Stopped consuming.");
-    Ok(())
 }
 
 async fn subscribe(
@@ -334,7 +363,8 @@ async fn subscribe(
 #[derive(Clone)]
 struct TaskCtx {
     bus: Bus,
-    stage: Arc<str>,
+    /// `None` when consuming the dead-letter queue.
+    stage: Option<Arc<str>>,
     queue: Arc<str>,
     /// `"process {queue}"`, the consumer span's name, built once rather than per message.
     span_name: Arc<str>,
@@ -356,7 +386,11 @@ async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message:
     );
     let _ = span.set_parent(trace::extract(&delivery.headers));
     async move {
-        let left = headers::wait_left(&delivery.headers, OffsetDateTime::now_utc());
+        // A dead letter may carry the not-before of the retry it died in; it is due now.
+        let left = ctx
+            .stage
+            .as_ref()
+            .and_then(|_| headers::wait_left(&delivery.headers, OffsetDateTime::now_utc()));
         // Without tiers there is nowhere to wait; handling it beats a requeue loop.
         let tiers = &ctx.bus.config().retry_delays;
         let can_wait = !tiers.is_empty();
@@ -412,6 +446,9 @@ async fn settle(
     delivery: &Delivery,
     outcome: Outcome,
 ) -> &'static str {
+    let Some(stage) = ctx.stage.as_deref() else {
+        return settle_dead_letter_queue(raw, outcome).await;
+    };
     let cfg = ctx.bus.config();
     let outcome = match outcome {
         Outcome::RetryLater { error, .. } if delivery.attempt >= cfg.max_attempts => {
@@ -454,8 +491,8 @@ async fn settle(
         Outcome::DeadLetter(failure) => {
             let now = OffsetDateTime::now_utc();
             let class = failure.class;
-            let record = dead_letter_record(&ctx.stage, raw, delivery, failure, now);
-            let routing_key = format!("{}.{}", ctx.stage, class.label());
+            let record = dead_letter_record(stage, raw, delivery, failure, now);
+            let routing_key = format!("{stage}.{}", class.label());
             // The record's own trace context: the consumer span that gave up (a child
             // of the event's trace), or the event's context if there is no such span.
             let mut trace_headers = Headers::new();
@@ -514,7 +551,11 @@ async fn send_delayed(
         requeue(raw).await;
         return false;
     };
-    let delay_queue = ctx.bus.topology().delay_queue(&ctx.stage, tier);
+    let Some(stage) = ctx.stage.as_deref() else {
+        requeue(raw).await;
+        return false;
+    };
+    let delay_queue = ctx.bus.topology().delay_queue(stage, tier);
     match ctx
         .bus
         .publish_raw("", &delay_queue, &raw.data, properties)
@@ -530,6 +571,21 @@ async fn send_delayed(
             false
         }
     }
+}
+
+/// The dead-letter queue's settlement: ack, or requeue anything else (there is nowhere
+/// else to send it).
+async fn settle_dead_letter_queue(
+    raw: &lapin::message::Delivery,
+    outcome: Outcome,
+) -> &'static str {
+    if outcome == Outcome::Ack {
+        ack(raw).await;
+        return "ack";
+    }
+    debug!(?outcome, "Requeueing a dead letter.");
+    requeue(raw).await;
+    "requeue"
 }
 
 async fn ack(raw: &lapin::message::Delivery) {

@@ -83,7 +83,7 @@ impl RedisHandle {
     }
 
     /// Runs one operation bounded by `op_timeout`, connection set-up included.
-    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
