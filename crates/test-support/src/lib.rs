@@ -4,9 +4,11 @@
 //! random [`namespace`] (a prefix for every exchange, queue and Redis key) and
 //! cleans up after itself. Outages are simulated with a [`TcpProxy`] the test
 //! controls, never by stopping the shared servers. Trace tests export to an
-//! [`otlp::OtlpReceiver`] and assert on the spans it kept.
+//! [`otlp::OtlpReceiver`] and assert on the spans it kept. A test that must crash a
+//! server starts a private one ([`private::PrivateRedis`], [`private::PrivateRabbit`]).
 
 pub mod otlp;
+pub mod private;
 pub mod service;
 
 use std::net::SocketAddr;
