@@ -214,6 +214,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_loads_and_says_what_the_defaults_are() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dead-letters.example.toml");
+        let cfg: Config =
+            handoff_kit::config::load_with_env(Some(&path), &[]).expect("example loads");
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&cfg).expect("json"),
+            serde_json::to_value(&defaults).expect("json")
+        );
+    }
+
+    #[test]
     fn a_token_that_is_not_a_hash_is_refused_with_its_key() {
         let mut cfg = Config::default();
         cfg.operators.push(OperatorConfig {

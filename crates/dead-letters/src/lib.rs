@@ -116,6 +116,8 @@ pub async fn run(
             Ok(n) => info!(jobs = n, "Resumed unfinished replay jobs."),
             Err(err) => warn!(error = %err, "Could not look for unfinished replay jobs."),
         }
+        let supervisor = replayer.clone();
+        tokio::spawn(async move { supervisor.supervise().await });
         let parker = Arc::new(parker::Parker {
             store: store.clone(),
             topology: topology.clone(),

@@ -36,7 +36,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::config::ReplayConfig;
@@ -663,14 +663,64 @@ impl Replayer {
             .await;
     }
 
+    /// Runs a job while this process holds its lease. Redis or the broker going away
+    /// pauses the job here (it tries again each second), it does not end it; a job
+    /// whose lease another runner holds is left to that runner.
     async fn run_job(&self, id: &str) -> Result<(), ReplayError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        if !self.take_lease(id, &token).await? {
-            return Ok(());
+        let mut held = false;
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                break;
+            }
+            let ours = if held {
+                self.renew_lease(id, &token).await
+            } else {
+                self.take_lease(id, &token).await
+            };
+            match ours {
+                Ok(true) => held = true,
+                Ok(false) => return Ok(()),
+                Err(err) if err.is_transient() => {
+                    debug!(job = %id, error = %err, "Waiting for Redis to run the replay job.");
+                    tokio::select! {
+                        () = self.inner.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+                Err(err) => return Err(err.into()),
+            }
+            match self.run_leased(id, &token).await {
+                Ok(()) => break,
+                Err(ReplayError::Store(err)) if err.is_transient() => {
+                    warn!(job = %id, error = %err, "The replay job waits for Redis.");
+                    tokio::select! {
+                        () = self.inner.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(err) => {
+                    self.release_lease(id, &token).await;
+                    return Err(err);
+                }
+            }
         }
-        let result = self.run_leased(id, &token).await;
         self.release_lease(id, &token).await;
-        result
+        Ok(())
+    }
+
+    /// Every `LEASE`, picks up unfinished jobs no live runner holds (their runner's
+    /// process died holding the lease, or it could not be resumed at start-up).
+    pub async fn supervise(&self) {
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return,
+                () = tokio::time::sleep(LEASE) => {}
+            }
+            if let Err(err) = self.resume_all().await {
+                debug!(error = %err, "Could not look for replay jobs to resume.");
+            }
+        }
     }
 
     async fn run_leased(&self, id: &str, token: &str) -> Result<(), ReplayError> {
@@ -792,6 +842,19 @@ impl Replayer {
                 () = self.inner.shutdown.cancelled() => return Ok(()),
                 _ = ticker.tick() => {}
             }
+            // A pause or cancel that came while waiting for the slot takes effect now,
+            // not after one more send.
+            let now_state: Option<String> = {
+                let key = key.clone();
+                self.inner
+                    .store
+                    .redis()
+                    .run(|mut conn| async move { conn.hget(key, "state").await })
+                    .await?
+            };
+            if JobState::parse(now_state.as_deref().unwrap_or("running")) != JobState::Running {
+                continue;
+            }
             let span = replay_span(&queue, &dead_letter, id, &parked.record);
             let sent = self
                 .inner
@@ -801,8 +864,7 @@ impl Replayer {
                 .await;
             if let Err(err) = sent {
                 warn!(job = %id, dead_letter = %dead_letter, error = %err, "Could not send a replayed message; trying again.");
-                self.set_state(id, JobState::Running, &err.to_string())
-                    .await?;
+                self.note_error(&key, &err.to_string()).await?;
                 tokio::select! {
                     () = self.inner.shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -829,6 +891,16 @@ impl Replayer {
                 .increment(1);
             self.advance(&key, "sent").await?;
         }
+    }
+
+    /// Says on the job why it is not moving (the API shows it as `last_error`).
+    async fn note_error(&self, key: &str, error: &str) -> Result<(), StoreError> {
+        let (key, error) = (key.to_owned(), error.to_owned());
+        self.inner
+            .store
+            .redis()
+            .run(|mut conn| async move { conn.hset::<_, _, _, ()>(key, "last_error", error).await })
+            .await
     }
 
     /// Moves the cursor on and counts the item as `sent` or `skipped`.

@@ -279,3 +279,109 @@ async fn cli_groups_shows_and_replays_parked_dead_letters() {
     bus.close().await;
     world.finish().await;
 }
+
+/// Ctrl-C while watching stops the watch (exit 130, how to pause or cancel), not the
+/// job; pause, resume and cancel then say the job's new state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_watch_stops_on_ctrl_c_and_the_job_keeps_running() {
+    let world = World::start().await;
+    let api = world.dlq.api.clone();
+    let bus = world.bus().await;
+    let (_stage, stop, task) = run_scripted(&bus, CRM_WRITER);
+    for id in ["evt-watch-1", "evt-watch-2", "evt-watch-3"] {
+        send_to_stage(
+            &bus,
+            CRM_WRITER,
+            id,
+            envelope(id, &format!("{id}@example.com"), "permanent"),
+        )
+        .await;
+    }
+    let page = world
+        .dlq
+        .wait_list("", Duration::from_secs(60), |p| p.total == 3)
+        .await;
+    stop.cancel();
+    let _ = task.await;
+    let fingerprint = page.rows[0].summary.fingerprint.clone();
+
+    // Slow enough to still be running when Ctrl-C comes. (The runner notices the cancel
+    // below only at its next send slot, 1/rate = 10 s later: most of this test's time.)
+    let started = dlq(
+        &api,
+        Some(TOKEN),
+        &[
+            "replay",
+            "--group",
+            &fingerprint,
+            "--rate",
+            "0.1",
+            "--detach",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(started.status.success(), "{}", stderr(&started));
+    let job = json(&started)["id"].as_str().expect("a job id").to_owned();
+
+    let watcher = tokio::process::Command::new(env!("CARGO_BIN_EXE_handoff-dlq"))
+        .args(["watch", &job, "--url", &api, "--token", TOKEN])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch starts");
+    let pid = watcher.id().expect("a pid").to_string();
+    // The first progress line is printed at once: wait for the watch to be under way.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let signalled = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success());
+    let watched = tokio::time::timeout(Duration::from_secs(10), watcher.wait_with_output())
+        .await
+        .expect("watch stops on Ctrl-C")
+        .expect("watch output");
+    assert_eq!(watched.status.code(), Some(130), "{}", stderr(&watched));
+    let text = stdout(&watched);
+    assert!(
+        text.contains(&format!("replay {job} running: ")),
+        "a progress line: {text}"
+    );
+    assert!(text.contains(&format!("handoff-dlq pause {job}")), "{text}");
+
+    let (_, still) = world.dlq.get(&format!("/v1/replays/{job}")).await;
+    assert_eq!(
+        still["state"], "running",
+        "the job outlives the watch: {still}"
+    );
+
+    let paused = dlq(&api, Some(TOKEN), &["pause", &job]).await;
+    assert!(paused.status.success(), "{}", stderr(&paused));
+    assert!(
+        stdout(&paused).starts_with(&format!("replay {job} is paused")),
+        "{}",
+        stdout(&paused)
+    );
+    let resumed = dlq(&api, Some(TOKEN), &["resume", &job]).await;
+    assert!(
+        stdout(&resumed).starts_with(&format!("replay {job} is running")),
+        "{}",
+        stdout(&resumed)
+    );
+    let cancelled = dlq(&api, Some(TOKEN), &["cancel", &job]).await;
+    assert!(cancelled.status.success(), "{}", stderr(&cancelled));
+    assert!(
+        stdout(&cancelled)
+            .trim_end()
+            .ends_with("what it has not sent goes back to parked"),
+        "{}",
+        stdout(&cancelled)
+    );
+    let finished = world.dlq.wait_job(&job, Duration::from_secs(20)).await;
+    assert_eq!(finished["state"], "cancelled", "{finished}");
+
+    bus.close().await;
+    world.finish().await;
+}

@@ -5,3 +5,4 @@ mod helpers;
 mod parking;
 mod query;
 mod replay;
+mod restarts;
