@@ -103,8 +103,9 @@ pub struct ReplayConfig {
     /// Requests per second each destination allows (the writers' pacing rate). A replay
     /// of dead letters from that destination sends at most `share` of it.
     pub budgets: BTreeMap<String, f64>,
-    /// A replay waits while the queue it sends to holds more than this many ready
-    /// messages, so replayed events never pile up ahead of live ones.
+    /// A replay waits while the queue it sends to (for a renormalize, also the writers'
+    /// queues) holds more than this many ready messages, so a backed-up stage does not
+    /// fill further; a writer's in-flight prefetch is not counted.
     pub max_backlog: u32,
     /// Most dead letters one replay or purge may select.
     pub max_selection: u64,

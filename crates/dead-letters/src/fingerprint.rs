@@ -49,7 +49,7 @@ pub fn cause(record: &v1::DeadLetter) -> String {
         let mut parts: Vec<String> = record
             .field_errors
             .iter()
-            .map(|e| format!("{}: {}", mask_path(&e.path), mask(&e.message)))
+            .map(|e| format!("{}: {}", mask_path(&e.path), mask_with(&e.message, false)))
             .collect();
         parts.sort();
         parts.dedup();
@@ -85,18 +85,27 @@ static QUOTED: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#""[^"]*"|'[^']*'|`[^`]*`"#).expect("a valid pattern")
 });
 
-/// A message with its values masked, trimmed, lower-cased.
+/// A message with its values masked, trimmed, lower-cased. Quoted names are kept (see
+/// [`mask_with`]).
 pub fn mask(message: &str) -> String {
-    // Quoted values are the refused value itself ("Closed Wonn", 'gold+'). A quoted
-    // lower-case identifier is kept: that is a field or property name (HubSpot's
-    // `"name":"lifecyclestage"`), and which field failed is part of the cause.
+    mask_with(message, true)
+}
+
+/// Quoted text is the refused value itself ("Closed Wonn", 'gold+') and is masked. With
+/// `keep_names`, a quoted identifier stays: in a vendor's message that is a property
+/// name or an error code (HubSpot's `"name":"lifecyclestage"`, `"error":"INVALID_OPTION"`),
+/// and which property failed, and how, is part of the cause. A field error's message
+/// names no field (its path does), so there everything quoted is a value.
+pub fn mask_with(message: &str, keep_names: bool) -> String {
+    // Vendors nest JSON in messages as escaped text; unescape so quotes pair up.
+    let unescaped = message.replace("\\\\\\\"", "\"").replace("\\\"", "\"");
     let mut text = QUOTED
-        .replace_all(message, |quoted: &regex::Captures<'_>| {
+        .replace_all(&unescaped, |quoted: &regex::Captures<'_>| {
             let whole = &quoted[0];
             let inner = &whole[1..whole.len() - 1];
-            let identifier =
-                !inner.is_empty() && inner.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
-            if identifier {
+            let lower = inner.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            let upper = inner.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+            if keep_names && !inner.is_empty() && (lower || upper) {
                 whole.to_owned()
             } else {
                 "<value>".to_owned()
@@ -164,8 +173,27 @@ mod tests {
         );
         assert_eq!(
             mask(r#"{"name":"plan","error":"INVALID_OPTION","value":"gold-2"}"#),
-            r#"{"name":"plan","error":<value>,"value":<value>}"#
+            r#"{"name":"plan","error":"invalid_option","value":<value>}"#
         );
+    }
+
+    #[test]
+    fn escaped_json_in_a_vendor_message_pairs_its_quotes() {
+        let hubspot = r#"Property values were not valid: [{\"isValid\":false,\"message\":\"Property \\\"team_headcount\\\" does not exist\",\"error\":\"PROPERTY_DOESNT_EXIST\",\"name\":\"team_headcount\"}]"#;
+        let masked = mask(hubspot);
+        assert!(
+            masked.contains(r#""error":"property_doesnt_exist""#),
+            "{masked}"
+        );
+        assert!(masked.contains(r#""name":"team_headcount""#), "{masked}");
+        assert!(!masked.contains('\\'), "{masked}");
+    }
+
+    #[test]
+    fn an_unmapped_value_is_masked_whatever_its_case() {
+        let a = validation(&[("lead.lifecycle_stage", "unmapped value \"champion\"")]);
+        let b = validation(&[("lead.lifecycle_stage", "unmapped value \"Partner\"")]);
+        assert_eq!(cause(&a), cause(&b));
     }
 
     #[test]

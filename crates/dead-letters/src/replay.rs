@@ -313,10 +313,13 @@ impl Replayer {
             }
             match target(&parked.summary, request.mode, &self.inner.bus) {
                 Ok(queue) => {
-                    *plan.targets.entry(queue).or_default() += 1;
-                    if !parked.summary.destination.is_empty() {
+                    if parked.summary.destination.is_empty() && parked.summary.stage == NORMALIZER {
+                        // A raw event goes on to every writer: every destination's budget holds.
+                        destinations.extend(self.inner.cfg.budgets.keys().cloned());
+                    } else if !parked.summary.destination.is_empty() {
                         destinations.insert(parked.summary.destination.clone());
                     }
+                    *plan.targets.entry(queue).or_default() += 1;
                     if plan.sample.len() < 10 {
                         plan.sample.push(parked.summary);
                     }
@@ -820,12 +823,16 @@ impl Replayer {
                 q == &queue && *room > 0 && at.elapsed() < Duration::from_millis(500)
             });
             if !counted {
-                let ready = self
-                    .inner
-                    .bus
-                    .message_count(&queue)
-                    .await
-                    .unwrap_or(u32::MAX);
+                let mut ready = 0_u32;
+                for watched in self.watched_queues(&queue) {
+                    let count = self
+                        .inner
+                        .bus
+                        .message_count(&watched)
+                        .await
+                        .unwrap_or(u32::MAX);
+                    ready = ready.max(count);
+                }
                 let room = i64::from(self.inner.cfg.max_backlog) - i64::from(ready);
                 headroom = Some((queue.clone(), tokio::time::Instant::now(), room));
                 if room <= 0 {
@@ -891,6 +898,22 @@ impl Replayer {
                 .increment(1);
             self.advance(&key, "sent").await?;
         }
+    }
+
+    /// The queues whose backlog holds a replay to `queue`: that queue, and for the
+    /// normalizer's also the writers' it feeds, where a renormalized event goes next.
+    fn watched_queues(&self, queue: &str) -> Vec<String> {
+        let topology = self.inner.bus.topology();
+        let mut queues = vec![queue.to_owned()];
+        if queue == topology.stage_queue(NORMALIZER) {
+            queues.extend(
+                topology
+                    .stages()
+                    .filter(|stage| *stage != NORMALIZER)
+                    .map(|stage| topology.stage_queue(stage)),
+            );
+        }
+        queues
     }
 
     /// Says on the job why it is not moving (the API shows it as `last_error`).

@@ -369,7 +369,8 @@ impl DeadLetterStore {
                 summary.stage.as_str()
             })
             .arg(self.record_prefix())
-            .arg(now);
+            .arg(now)
+            .arg(&summary.origin_routing_key);
         let parked: i64 = self
             .redis
             .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })

@@ -7,7 +7,9 @@
 -- KEYS[1] record hash, KEYS[2] facet hash, KEYS[3] groups hash,
 -- KEYS[4] the event's index (may be a placeholder), KEYS[5..] index sorted sets
 -- ARGV: id, score, summary json, record bytes, state json, facet line, fingerprint,
---       group json, stage, prefix of record keys, now (rfc3339)
+--       group json, stage, prefix of record keys, now (rfc3339), origin routing key
+-- ("the same event and stage" also means the same message kind: a write-back's report
+-- failing is not the event's own replay failing again).
 -- Returns 1 if parked now, 0 if it was already there.
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
@@ -27,7 +29,7 @@ if ARGV[9] ~= '' then
       local fields = redis.call('HMGET', key, 'status', 'state', 'summary')
       if fields[1] == 'replayed' and fields[3] then
         local summary = cjson.decode(fields[3])
-        if summary.stage == ARGV[9] then
+        if summary.stage == ARGV[9] and (summary.origin_routing_key or '') == ARGV[12] then
           local state = cjson.decode(fields[2])
           if state.replay and (state.replay.outcome == 'sent' or state.replay.outcome == nil) then
             state.replay.outcome = 'failed_again'

@@ -196,6 +196,22 @@ async fn a_job_pauses_resumes_and_cancels_without_losing_or_doubling() {
             .await
             .expect("park");
     }
+    // A renormalized event goes on to every writer: HubSpot's budget caps it too.
+    let (_, plan) = world
+        .dlq
+        .post(
+            "/v1/replays",
+            &serde_json::json!({"filter": {"stage": "normalizer"}, "rate": 200.0, "mode": "renormalize", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(plan["rate"], 5.0, "{plan}");
+    assert!(
+        plan["rate_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hubspot"),
+        "{plan}"
+    );
     let (status, job) = world
         .dlq
         .post("/v1/replays", &serde_json::json!({"filter": {"stage": "normalizer"}, "rate": 5.0, "mode": "renormalize"}))
@@ -328,5 +344,69 @@ async fn a_replay_waits_while_its_target_queue_is_backed_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(received.len(), 30);
+    world.finish().await;
+}
+
+/// A report that fails after its event was replayed (the write-back of an event
+/// delivered on replay) is not the event's replay failing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_same_message_failing_again_marks_a_replay_failed_again() {
+    let world = World::start().await;
+    let cfg = config(
+        &world.namespace,
+        &support::amqp_url(),
+        &support::redis_url(),
+    );
+    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
+    let queue = world.inspector.topology().stage_queue(CRM_WRITER);
+    let dead_letter = |route: &str, message: &str| v1::DeadLetter {
+        event_id: "evt-wb".into(),
+        stage: CRM_WRITER.into(),
+        error_class: ErrorClass::RetriesExhausted as i32,
+        error_message: message.into(),
+        origin_queue: queue.clone(),
+        origin_routing_key: route.into(),
+        original_body: envelope("evt-wb", "wb@example.com", "ok"),
+        ..v1::DeadLetter::default()
+    };
+    let event = dead_letter("canonical.lead.created", "first");
+    let summary = Summary::of(&event, b"first");
+    store.park(&summary, &event).await.expect("park");
+    let (_, job) = world
+        .dlq
+        .post("/v1/replays", &serde_json::json!({"ids": [summary.id]}))
+        .await;
+    world
+        .dlq
+        .wait_job(job["id"].as_str().expect("id"), Duration::from_secs(10))
+        .await;
+    support::drain_queue(&world.inspector, &queue).await;
+
+    let report = dead_letter("email.subscriber.synced", "the write-back failed");
+    store
+        .park(&Summary::of(&report, b"report"), &report)
+        .await
+        .expect("park");
+    let (_, detail) = world
+        .dlq
+        .get(&format!("/v1/dead-letters/{}", summary.id))
+        .await;
+    assert_eq!(detail["state"]["replay"]["outcome"], "sent", "{detail}");
+
+    let again = dead_letter("canonical.lead.created", "second");
+    let again_summary = Summary::of(&again, b"second");
+    store.park(&again_summary, &again).await.expect("park");
+    let (_, detail) = world
+        .dlq
+        .get(&format!("/v1/dead-letters/{}", summary.id))
+        .await;
+    assert_eq!(
+        detail["state"]["replay"]["outcome"], "failed_again",
+        "{detail}"
+    );
+    assert_eq!(
+        detail["state"]["replay"]["failed_again_as"],
+        again_summary.id.as_str()
+    );
     world.finish().await;
 }
