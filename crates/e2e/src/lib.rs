@@ -6,10 +6,13 @@
 //!
 //! - `tests/trace.rs`: one `customer.converted` from ingest's HTTP request to the sandbox's
 //!   received requests is one trace, with every parent link where it belongs.
+//! - `tests/dead_letters.rs`: failures parked by the dead-letter handler with their context,
+//!   then replayed into the pipeline once, and paced beside live traffic.
 
 use std::time::Duration;
 
 use handoff_bus::BusConfig;
+use handoff_dead_letters::config::{OperatorConfig, Role};
 use handoff_delivery::{AuthConfig, PacingConfig, SecretSource};
 use handoff_idempotency::RedisConfig;
 use handoff_ingest::auth::key_sha256;
@@ -20,6 +23,10 @@ use handoff_test_support as support;
 /// The publisher every scenario posts as, and its API key.
 pub const PUBLISHER: &str = "acme";
 pub const KEY: &str = "e2e-test-key";
+
+/// The dead-letter API's one operator, and the token it authenticates with.
+pub const OPERATOR: &str = "e2e.operator";
+pub const OPERATOR_TOKEN: &str = "e2e-operator-token";
 
 /// One retry tier for every service (and the teardown): few delay queues to declare and delete.
 pub const TIERS: [Duration; 1] = [Duration::from_secs(1)];
@@ -162,6 +169,34 @@ pub async fn start_email_writer(
     .await
 }
 
+/// The dead-letter handler with one operator ([`OPERATOR_TOKEN`]); returns it and its API's
+/// base URL.
+pub async fn start_dead_letters(
+    namespace: &str,
+    tweak: impl FnOnce(&mut handoff_dead_letters::Config),
+) -> (Service, String) {
+    let mut cfg = handoff_dead_letters::Config {
+        namespace: namespace.to_owned(),
+        ..handoff_dead_letters::Config::default()
+    };
+    cfg.bus = bus_config();
+    cfg.redis = redis_config();
+    // The shared test Redis runs without AOF: a handler requiring durability would park nothing.
+    cfg.store.require_durable = false;
+    cfg.operators = vec![OperatorConfig {
+        name: OPERATOR.to_owned(),
+        token_sha256: key_sha256(OPERATOR_TOKEN),
+        role: Role::Operator,
+    }];
+    tweak(&mut cfg);
+    let (http, url) = listener().await;
+    let service = Service::start("the dead-letter handler", |admin, stop| {
+        handoff_dead_letters::run(cfg, http, admin, stop)
+    })
+    .await;
+    (service, url)
+}
+
 /// Every service in-process in one namespace of its own, with an in-process sandbox as both
 /// vendors; torn down (queues with their tiers, Redis keys, sandbox) by [`Pipeline::finish`], or
 /// the namespace by its guard if the test panics.
@@ -173,6 +208,8 @@ pub struct Pipeline {
     pub ingest_url: String,
     pub http: reqwest::Client,
     pub store: handoff_idempotency::Store,
+    /// The dead-letter API's base URL, once [`Pipeline::start_dead_letters`] started it.
+    pub dlq_url: Option<String>,
     services: Vec<Service>,
 }
 
@@ -183,6 +220,7 @@ pub type Tweak<C> = Option<Box<dyn FnOnce(&mut C)>>;
 #[derive(Default)]
 pub struct Tweaks {
     pub ingest: Tweak<handoff_ingest::Config>,
+    pub normalizer: Tweak<handoff_normalizer::Config>,
     pub crm_writer: Tweak<handoff_crm_writer::Config>,
     pub email_writer: Tweak<handoff_email_writer::Config>,
 }
@@ -214,7 +252,11 @@ impl Pipeline {
         .await;
         let services = vec![
             ingest,
-            start_normalizer(&namespace, |_| {}).await,
+            start_normalizer(
+                &namespace,
+                tweaks.normalizer.unwrap_or_else(|| Box::new(|_| {})),
+            )
+            .await,
             start_crm_writer(
                 &namespace,
                 &sandbox.base_url,
@@ -240,8 +282,70 @@ impl Pipeline {
             ingest_url,
             http: reqwest::Client::new(),
             store,
+            dlq_url: None,
             services,
         }
+    }
+
+    /// Starts the dead-letter handler in the pipeline's namespace (stopped by
+    /// [`Pipeline::finish`]); returns its API's base URL.
+    pub async fn start_dead_letters(
+        &mut self,
+        tweak: impl FnOnce(&mut handoff_dead_letters::Config),
+    ) -> String {
+        let (service, url) = start_dead_letters(&self.namespace, tweak).await;
+        service.wait_ready().await;
+        self.services.push(service);
+        self.dlq_url = Some(url.clone());
+        url
+    }
+
+    /// Stops the normalizer (it drains what it has in flight) and starts one with another
+    /// configuration: how a RevOps mapping fix is deployed.
+    pub async fn restart_normalizer(
+        &mut self,
+        tweak: impl FnOnce(&mut handoff_normalizer::Config),
+    ) {
+        let at = self
+            .services
+            .iter()
+            .position(|s| s.name == "the normalizer")
+            .expect("a normalizer runs");
+        self.services.remove(at).stop().await;
+        let normalizer = start_normalizer(&self.namespace, tweak).await;
+        normalizer.wait_ready().await;
+        self.services.insert(at, normalizer);
+    }
+
+    /// `GET` on the dead-letter API as [`OPERATOR`]; the status and the JSON answer.
+    pub async fn dlq_get(&self, path: &str) -> (u16, serde_json::Value) {
+        let request = self.http.get(format!("{}{path}", self.dlq_base()));
+        Self::operator_call(request).await
+    }
+
+    /// `POST` on the dead-letter API as [`OPERATOR`]; the status and the JSON answer.
+    pub async fn dlq_post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.dlq_base()))
+            .json(body);
+        Self::operator_call(request).await
+    }
+
+    fn dlq_base(&self) -> &str {
+        self.dlq_url
+            .as_deref()
+            .expect("the dead-letter handler runs (Pipeline::start_dead_letters)")
+    }
+
+    async fn operator_call(request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let answer = request
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("the dead-letter API answers");
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or_default())
     }
 
     /// `POST /v1/events/{event_type}` as [`PUBLISHER`]; the status and the JSON answer.
