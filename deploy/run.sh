@@ -11,6 +11,8 @@ ADMIN=http://127.0.0.1:9090
 NORMALIZER_ADMIN=http://127.0.0.1:9091
 CRM_WRITER_ADMIN=http://127.0.0.1:9092
 EMAIL_WRITER_ADMIN=http://127.0.0.1:9093
+DLQ_API=http://127.0.0.1:8095
+DLQ_ADMIN=http://127.0.0.1:9094
 SANDBOX=http://127.0.0.1:8090
 SANDBOX_ADMIN=http://127.0.0.1:9190
 mkdir -p "$RUN_DIR"
@@ -19,7 +21,7 @@ log() { printf '==> %s\n' "$*"; }
 
 log "Building (release)"
 # Only the services: the bench and test tools are not needed to run.
-cargo build --release --quiet -p handoff-ingest -p handoff-normalizer -p handoff-crm-writer -p handoff-email-writer -p handoff-sandbox
+cargo build --release --quiet -p handoff-ingest -p handoff-normalizer -p handoff-crm-writer -p handoff-email-writer -p handoff-dead-letters -p handoff-sandbox
 
 # A development key, made once and kept, so the printed curl line keeps working.
 if [[ ! -s $RUN_DIR/dev-api-key ]]; then
@@ -27,6 +29,12 @@ if [[ ! -s $RUN_DIR/dev-api-key ]]; then
 fi
 KEY=$(cat "$RUN_DIR/dev-api-key")
 KEY_SHA=$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)
+# And an operator token for the dead-letter handler (separate from publisher keys).
+if [[ ! -s $RUN_DIR/dev-operator-token ]]; then
+  printf 'hoff_op_%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$RUN_DIR/dev-operator-token"
+fi
+OPERATOR_TOKEN=$(cat "$RUN_DIR/dev-operator-token")
+OPERATOR_SHA=$(printf '%s' "$OPERATOR_TOKEN" | sha256sum | cut -d' ' -f1)
 
 cat >"$RUN_DIR/handoff.toml" <<TOML
 # Written by deploy/run.sh for local development.
@@ -91,6 +99,30 @@ base_url = "$SANDBOX"
 list_id = "sandbox-list"
 TOML
 
+cat >"$RUN_DIR/dead-letters.toml" <<TOML
+# Written by deploy/run.sh for local development.
+# crates/dead-letters/dead-letters.example.toml lists every setting with its default.
+namespace = "handoff"
+
+[http]
+listen = "127.0.0.1:8095"
+
+[admin]
+listen = "127.0.0.1:9094"
+
+[telemetry]
+log_format = "json"
+
+# The local Redis keeps nothing on disk. In production the handler parks only into a
+# Redis with appendonly yes and appendfsync always, and stays not-ready otherwise.
+[store]
+require_durable = false
+
+[[operators]]
+name = "dev-operator"
+token_sha256 = "$OPERATOR_SHA"
+TOML
+
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -134,11 +166,15 @@ log "Starting email-writer (logs: $RUN_DIR/email-writer.log)"
 MAILCHIMP_API_KEY=sandbox-key-us1 HANDOFF_CONFIG=$RUN_DIR/email-writer.toml \
   target/release/handoff-email-writer >>"$RUN_DIR/email-writer.log" 2>&1 &
 pids+=($!)
+log "Starting the dead-letter handler (logs: $RUN_DIR/dead-letters.log)"
+HANDOFF_CONFIG=$RUN_DIR/dead-letters.toml target/release/handoff-dlq serve >>"$RUN_DIR/dead-letters.log" 2>&1 &
+pids+=($!)
 wait_ready ingest "$ADMIN" "$RUN_DIR/ingest.log"
 wait_ready normalizer "$NORMALIZER_ADMIN" "$RUN_DIR/normalizer.log"
 wait_ready sandbox "$SANDBOX_ADMIN" "$RUN_DIR/sandbox.log"
 wait_ready crm-writer "$CRM_WRITER_ADMIN" "$RUN_DIR/crm-writer.log"
 wait_ready email-writer "$EMAIL_WRITER_ADMIN" "$RUN_DIR/email-writer.log"
+wait_ready dead-letters "$DLQ_ADMIN" "$RUN_DIR/dead-letters.log"
 
 EVENT_ID="evt_demo_$(date +%s)"
 DEMO=$(sed "s/evt_2026_03_19_000123/$EVENT_ID/" deploy/demo-event.json)
@@ -151,7 +187,11 @@ cat <<INFO
                normalizer $NORMALIZER_ADMIN/metrics  $NORMALIZER_ADMIN/readyz
                crm-writer $CRM_WRITER_ADMIN/metrics  $CRM_WRITER_ADMIN/readyz
                email-writer $EMAIL_WRITER_ADMIN/metrics  $EMAIL_WRITER_ADMIN/readyz
+               dead-letters $DLQ_ADMIN/metrics  $DLQ_ADMIN/readyz
     API key    $KEY   (publisher "dev", development only)
+    Dead letters  $DLQ_API  (operator token $OPERATOR_TOKEN, development only)
+               export HANDOFF_DLQ_URL=$DLQ_API HANDOFF_DLQ_TOKEN=$OPERATOR_TOKEN
+               target/release/handoff-dlq stats | groups | list | show ID | replay … | audit
     Sandbox    $SANDBOX  (HubSpot CRM v3 stand-in, token pat-local-dev; records: $SANDBOX/_sandbox/records/contacts)
                (Mailchimp Marketing v3 stand-in, key sandbox-key-us1, list sandbox-list; members: $SANDBOX/_sandbox/mailchimp/members)
 
@@ -216,5 +256,51 @@ echo
 log "Its canonical form (handoff-normalizer check, the same code and maps as the running service):"
 printf '%s' "$MESSY" | target/release/handoff-normalizer check lead.created --config "$RUN_DIR/normalizer.toml" || true
 echo
+# The 3 a.m. workflow, on a real failure: a lifecycle stage nobody mapped.
+export HANDOFF_DLQ_URL=$DLQ_API HANDOFF_DLQ_TOKEN=$OPERATOR_TOKEN
+DLQ=target/release/handoff-dlq
+BAD_ID="evt_unmapped_$(date +%s)"
+BAD=$(sed -e "s/evt_2026_03_19_000123/$BAD_ID/" -e 's/"lifecycle_stage":"customer"/"lifecycle_stage":"Champion"/' \
+  -e 's/alex@example.com/jo@example.com/' -e 's/"12345"/"12346"/' deploy/demo-event.json)
+log "Demo: a customer.converted whose lifecycle stage \"Champion\" the normalizer does not map ($BAD_ID)"
+curl -sS -X POST "$API/v1/events/customer.converted" \
+  -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$BAD"
+echo
+for _ in $(seq 1 40); do
+  [[ $($DLQ list --event-id "$BAD_ID" --json 2>/dev/null) == *'"total": 1'* ]] && break
+  sleep 0.25
+done
+log "Demo: handoff-dlq stats (what is parked, where, since when)"
+$DLQ stats || true
+log "Demo: handoff-dlq groups (one row per cause)"
+$DLQ groups || true
+log "Demo: handoff-dlq list --stage normalizer"
+$DLQ list --stage normalizer || true
+DL_ID=$($DLQ list --event-id "$BAD_ID" --json | sed -n 's/.*"id": "\(dl-[0-9a-f]*\)".*/\1/p' | head -1)
+GROUP=$($DLQ list --event-id "$BAD_ID" --json | sed -n 's/.*"fingerprint": "\(fp-[0-9a-f]*\)".*/\1/p' | head -1)
+log "Demo: handoff-dlq show $DL_ID"
+$DLQ show "$DL_ID" || true
+log "Demo: fix the mapping (Champion -> evangelist in [normalize.lifecycle_stage.values]) and restart the normalizer"
+# A table given in the file replaces the default one, so copy the example's and add to it.
+{
+  echo
+  sed -n '/^\[normalize.lifecycle_stage\]/,/^$/p' crates/normalize/normalize.example.toml
+  sed -n '/^\[normalize.lifecycle_stage.values\]/,/^$/p' crates/normalize/normalize.example.toml | sed '/^$/d'
+  echo 'champion = "evangelist"'
+} >>"$RUN_DIR/normalizer.toml"
+kill -TERM "${pids[2]}" 2>/dev/null || true
+wait "${pids[2]}" 2>/dev/null || true
+HANDOFF_CONFIG=$RUN_DIR/normalizer.toml target/release/handoff-normalizer >>"$RUN_DIR/normalizer.log" 2>&1 &
+pids[2]=$!
+wait_ready normalizer "$NORMALIZER_ADMIN" "$RUN_DIR/normalizer.log"
+log "Demo: handoff-dlq replay --group $GROUP --mode renormalize --dry-run"
+$DLQ replay --group "$GROUP" --mode renormalize --dry-run || true
+log "Demo: handoff-dlq replay --group $GROUP --mode renormalize --reason 'mapped Champion'"
+$DLQ replay --group "$GROUP" --mode renormalize --reason "mapped Champion to evangelist" || true
+log "Demo: the event's status after the replay"
+status "$BAD_ID"
+echo
+log "Demo: handoff-dlq audit"
+$DLQ audit || true
 log "Running. Press Ctrl-C to stop."
 wait "${pids[@]}"

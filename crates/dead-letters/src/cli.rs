@@ -695,24 +695,10 @@ async fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
-/// `handoff_kit::config::load` over the process environment without the CLI's own
-/// variables: `HANDOFF_DLQ_TOKEN` would otherwise read as a configuration key `dlq_token`,
-/// which `deny_unknown_fields` refuses, on any machine where an operator exported it.
+/// `handoff_kit::config::load`: `HANDOFF_DLQ_*`, this CLI's own variables, are never
+/// configuration keys, so `serve` starts on a machine where an operator exported them.
 fn load_config(path: Option<&Path>) -> Result<Config, handoff_kit::config::ConfigError> {
-    let env = config_env(
-        std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
-    );
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    handoff_kit::config::load_with_env(path, &env)
-}
-
-/// The variables configuration reads: `HANDOFF_*` (with `HANDOFF_CONFIG`), not the CLI's.
-fn config_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
-    vars.filter(|(k, _)| {
-        k.starts_with(handoff_kit::config::ENV_PREFIX) && k != URL_ENV && k != TOKEN_ENV
-    })
-    .collect()
+    handoff_kit::config::load(path)
 }
 
 async fn serve_with(cfg: Config) -> anyhow::Result<()> {
@@ -2021,22 +2007,15 @@ mod tests {
     }
 
     #[test]
-    fn serve_leaves_the_clis_own_variables_out_of_its_configuration() {
+    fn the_clis_variables_are_reserved_from_configuration() {
+        assert!(URL_ENV.starts_with(handoff_kit::config::CLI_ENV_PREFIX));
+        assert!(TOKEN_ENV.starts_with(handoff_kit::config::CLI_ENV_PREFIX));
         let vars = [
             (TOKEN_ENV, "secret"),
             (URL_ENV, "http://x"),
             ("HANDOFF_NAMESPACE", "ns1"),
-            ("PATH", "/bin"),
         ];
-        // As `handoff_kit::config::load` would read them, the token is an unknown key.
-        assert!(handoff_kit::config::load_with_env::<Config>(None, &vars).is_err());
-        let env = config_env(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        assert_eq!(
-            env,
-            vec![("HANDOFF_NAMESPACE".to_owned(), "ns1".to_owned())]
-        );
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let cfg: Config = handoff_kit::config::load_with_env(None, &env).expect("config");
+        let cfg: Config = handoff_kit::config::load_with_env(None, &vars).expect("config");
         assert_eq!(cfg.namespace, "ns1");
     }
 

@@ -12,7 +12,8 @@
 //! a double underscore, keys are lower-cased). Values are parsed like TOML values, so
 //! `HANDOFF_INGEST__TYPES=[a, b]` is a list and `HANDOFF_X={ a = 1 }` an inline table; anything that
 //! does not parse is taken as a plain string. `HANDOFF_CONFIG` names the file and is not a key;
-//! `HANDOFF_TEST_*` belongs to the test harness and is ignored.
+//! `HANDOFF_TEST_*` belongs to the test harness and `HANDOFF_DLQ_*` to the operator CLI; both are
+//! ignored.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,10 @@ pub const CONFIG_FILE_ENV: &str = "HANDOFF_CONFIG";
 /// Prefix reserved for the test harness (`HANDOFF_TEST_REDIS_URL`, ...): never a configuration key,
 /// so a developer's test settings cannot make a service refuse to start.
 pub const TEST_ENV_PREFIX: &str = "HANDOFF_TEST_";
+
+/// Prefix reserved for the operator CLI (`HANDOFF_DLQ_URL`, `HANDOFF_DLQ_TOKEN`): never a
+/// configuration key, so an SRE's exported token cannot make a service refuse to start.
+pub const CLI_ENV_PREFIX: &str = "HANDOFF_DLQ_";
 
 /// Separator between nested keys in an environment variable name (`HANDOFF_BUS__URL` -> `bus.url`).
 pub const ENV_KEY_SEPARATOR: &str = "__";
@@ -138,7 +143,11 @@ impl EnvProvider {
     fn new<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
         let vars = vars
             .into_iter()
-            .filter(|(k, _)| *k != CONFIG_FILE_ENV && !k.starts_with(TEST_ENV_PREFIX))
+            .filter(|(k, _)| {
+                *k != CONFIG_FILE_ENV
+                    && !k.starts_with(TEST_ENV_PREFIX)
+                    && !k.starts_with(CLI_ENV_PREFIX)
+            })
             .filter_map(|(k, v)| {
                 let rest = k.strip_prefix(ENV_PREFIX)?;
                 Some((rest.to_ascii_lowercase(), v.to_owned()))
@@ -300,6 +309,30 @@ mod tests {
             Some(PathBuf::from("b.toml"))
         );
         assert!(config_path_from_args(args(&["--config"])).is_err());
+    }
+
+    #[test]
+    fn the_harness_and_the_cli_variables_are_not_configuration() {
+        #[derive(Debug, Default, Serialize, serde::Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct Small {
+            namespace: String,
+        }
+        impl Validate for Small {
+            fn validate(&self) -> Result<(), ConfigError> {
+                Ok(())
+            }
+        }
+        let env = [
+            ("HANDOFF_NAMESPACE", "ns1"),
+            ("HANDOFF_TEST_REDIS_URL", "redis://x"),
+            ("HANDOFF_DLQ_TOKEN", "secret"),
+            ("HANDOFF_DLQ_URL", "http://127.0.0.1:8095"),
+        ];
+        let cfg: Small = load_with_env(None, &env).expect("loads");
+        assert_eq!(cfg.namespace, "ns1");
+        let err = load_with_env::<Small>(None, &[("HANDOFF_COLOUR", "red")]).expect_err("unknown");
+        assert!(err.to_string().contains("colour"), "{err}");
     }
 
     #[test]
