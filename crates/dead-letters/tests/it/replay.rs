@@ -410,3 +410,110 @@ async fn only_the_same_message_failing_again_marks_a_replay_failed_again() {
     );
     world.finish().await;
 }
+
+/// The numbers an alert needs: parked per stage and class, the oldest's age, and a
+/// replay's progress, on `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_say_what_is_parked_how_old_it_is_and_how_a_replay_goes() {
+    let world = World::start().await;
+    let cfg = config(
+        &world.namespace,
+        &support::amqp_url(),
+        &support::redis_url(),
+    );
+    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
+    let queue = world.inspector.topology().stage_queue(NORMALIZER);
+    let an_hour_ago = time::OffsetDateTime::now_utc().unix_timestamp() - 3_600;
+    for i in 0..12 {
+        let record = v1::DeadLetter {
+            event_id: format!("evt-m{i}"),
+            stage: NORMALIZER.into(),
+            error_class: ErrorClass::Validation as i32,
+            error_message: "unmapped".into(),
+            origin_queue: queue.clone(),
+            original_body: envelope(&format!("evt-m{i}"), "m@example.com", "ok"),
+            dead_lettered_at: Some(handoff_events::Timestamp {
+                seconds: an_hour_ago + i,
+                nanos: 0,
+            }),
+            ..v1::DeadLetter::default()
+        };
+        store
+            .park(&Summary::of(&record, record.event_id.as_bytes()), &record)
+            .await
+            .expect("park");
+    }
+    let metrics_url = format!("{}/metrics", world.dlq.service.admin_url);
+    let scrape = || async {
+        reqwest::get(&metrics_url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    let value = |text: &str, prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    };
+    let parked = r#"handoff_dlq_parked{stage="normalizer",error_class="validation"}"#;
+    let oldest =
+        r#"handoff_dlq_oldest_parked_age_seconds{stage="normalizer",error_class="validation"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = scrape().await;
+        if value(&text, parked) == Some(12.0) {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let age = value(&text, oldest).expect("oldest age");
+    assert!((3_590.0..3_700.0).contains(&age), "about an hour: {age}");
+    assert!(value(&text, "handoff_dlq_oldest_parked_age_seconds_max").unwrap_or(0.0) >= age);
+
+    // A paused replay: its progress, and nothing parked any more.
+    let (_, job) = world
+        .dlq
+        .post(
+            "/v1/replays",
+            &serde_json::json!({"filter": {"stage": "normalizer"}, "rate": 2.0}),
+        )
+        .await;
+    let id = job["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    world
+        .dlq
+        .post(&format!("/v1/replays/{id}/pause"), &serde_json::json!({}))
+        .await;
+    let remaining = format!(r#"handoff_dlq_replay_remaining{{job="{id}"}}"#);
+    let sent = format!(r#"handoff_dlq_replay_sent{{job="{id}"}}"#);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = scrape().await;
+        let (r, s) = (value(&text, &remaining), value(&text, &sent));
+        let now_sent = world.dlq.get(&format!("/v1/replays/{id}")).await.1["sent"].as_f64();
+        if let (Some(r), Some(s)) = (r, s)
+            && Some(s) == now_sent
+            && s >= 1.0
+            && r + s == 12.0
+            && value(&text, parked) == Some(0.0)
+        {
+            assert_eq!(
+                value(&text, "handoff_dlq_replays_running"),
+                Some(1.0),
+                "{text}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    world
+        .dlq
+        .post(&format!("/v1/replays/{id}/cancel"), &serde_json::json!({}))
+        .await;
+    world.dlq.wait_job(&id, Duration::from_secs(10)).await;
+    world.finish().await;
+}
