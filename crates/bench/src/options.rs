@@ -16,24 +16,29 @@ usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size
                      [--batch-concurrency K] [--warmup W] [--max-seconds S]
                      [--iterations I] [--quota-seconds Q] [--pacing-limit L]
                      [--pipeline-events P] [--pipeline-seconds T] [--no-email-writer]
-                     [--ingest-bin PATH] [--normalizer-bin PATH]
+                     [--dead-letters D] [--ingest-bin PATH] [--normalizer-bin PATH]
                      [--crm-writer-bin PATH] [--email-writer-bin PATH]
-                     [--sandbox-bin PATH]
+                     [--sandbox-bin PATH] [--dlq-bin PATH]
 
   --only PARTS           comma-separated parts to run (default all; HANDOFF_BENCH_ONLY):
-                           ingest      [1-3/8] bare broker, ingest single, ingest batch
-                           normalizer  [4-5/8] relay ceiling, normalizer service
-                           normalize   [6/8]   pure normalization cost, in-process
-                           delivery    [7/8]   crm-writer into the sandbox CRM: throughput
+                           ingest      [1-3/9] bare broker, ingest single, ingest batch
+                           normalizer  [4-5/9] relay ceiling, normalizer service
+                           normalize   [6/9]   pure normalization cost, in-process
+                           delivery    [7/9]   crm-writer into the sandbox CRM: throughput
                                                without a quota (beside the relay ceiling,
                                                run for it if normalizer is not), then
                                                HubSpot's quota
-                           pipeline    [8/8]   the whole pipeline end to end: ingest →
+                           pipeline    [8/9]   the whole pipeline end to end: ingest →
                                                normalizer → crm-writer + email-writer
                                                into the sandbox, at its peak (closed
                                                loop) and at half of it (open loop),
                                                beside the relay ceiling (run for it if
                                                neither normalizer nor delivery is)
+                           dead-letters
+                                       [9/9]   the dead-letter handler: parking rate of
+                                               --dead-letters records, list, filter, group
+                                               and stats latency over them through its
+                                               API, replay rate against the configured one
   --events N             events per scenario; for the relay, the normalizer and the
                          crm-writer, the backlog each drains (default 20000;
                          env HANDOFF_BENCH_EVENTS)
@@ -43,20 +48,22 @@ usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size
   --warmup W             single requests sent before measuring (default 1000; HANDOFF_BENCH_WARMUP)
   --max-seconds S        a scenario stops sending (measuring a drain) after S seconds
                          (default 15; HANDOFF_BENCH_MAX_SECONDS)
-  --iterations I         timed normalize calls per body in [6/8] (default 200000;
+  --iterations I         timed normalize calls per body in [6/9] (default 200000;
                          HANDOFF_BENCH_ITERATIONS)
-  --quota-seconds Q      how long [7/8] measures the crm-writer against HubSpot's quota
+  --quota-seconds Q      how long [7/9] measures the crm-writer against HubSpot's quota
                          (default 30; HANDOFF_BENCH_QUOTA_SECONDS)
   --pacing-limit L       the crm-writer's [hubspot.pacing] limit per 10 s under the quota
                          (default: the writer's own default; HANDOFF_BENCH_PACING_LIMIT)
-  --pipeline-events P    events [8/8] sends at its peak, closed loop at --concurrency
+  --pipeline-events P    events [8/9] sends at its peak, closed loop at --concurrency
                          (default 5000; HANDOFF_BENCH_PIPELINE_EVENTS)
-  --pipeline-seconds T   how long [8/8] sends open loop at half the peak's events/s
+  --pipeline-seconds T   how long [8/9] sends open loop at half the peak's events/s
                          (default 20; HANDOFF_BENCH_PIPELINE_SECONDS)
-  --no-email-writer      [8/8] without the email-writer: done is then the crm-writer's
+  --no-email-writer      [8/9] without the email-writer: done is then the crm-writer's
                          delivery alone, which is not the pipeline's figure (to see the
                          email-writer's share, or without its binary;
                          HANDOFF_BENCH_NO_EMAIL_WRITER=1)
+  --dead-letters D       dead letters [9/9] parks and queries, at least 1000 (default
+                         50000; HANDOFF_BENCH_DEAD_LETTERS)
   --ingest-bin PATH      the ingest binary (default: handoff-ingest beside this binary;
                          HANDOFF_INGEST_BIN)
   --normalizer-bin PATH  the normalizer binary (default: handoff-normalizer beside this
@@ -67,7 +74,9 @@ usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size
                          the email-writer binary (default: handoff-email-writer beside
                          this binary; HANDOFF_EMAIL_WRITER_BIN)
   --sandbox-bin PATH     the sandbox (HubSpot and Mailchimp) binary (default:
-                         handoff-sandbox beside this binary; HANDOFF_SANDBOX_BIN)";
+                         handoff-sandbox beside this binary; HANDOFF_SANDBOX_BIN)
+  --dlq-bin PATH         the dead-letter handler binary (default: handoff-dlq beside
+                         this binary; HANDOFF_DLQ_BIN)";
 
 /// The parts of the bench `--only` can pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +91,8 @@ pub struct Parts {
     pub delivery: bool,
     /// The whole pipeline end to end, from ingest's 202 to both destinations.
     pub pipeline: bool,
+    /// The dead-letter handler: parking, queries over many parked dead letters, replay rate.
+    pub dead_letters: bool,
 }
 
 impl Parts {
@@ -91,6 +102,7 @@ impl Parts {
         normalize: true,
         delivery: true,
         pipeline: true,
+        dead_letters: true,
     };
 
     const NONE: Parts = Parts {
@@ -99,6 +111,7 @@ impl Parts {
         normalize: false,
         delivery: false,
         pipeline: false,
+        dead_letters: false,
     };
 
     fn parse(list: &str) -> anyhow::Result<Parts> {
@@ -110,10 +123,11 @@ impl Parts {
                 "normalize" => parts.normalize = true,
                 "delivery" => parts.delivery = true,
                 "pipeline" => parts.pipeline = true,
+                "dead-letters" => parts.dead_letters = true,
                 "all" => parts = Parts::ALL,
                 other => bail!(
-                    "--only takes ingest, normalizer, normalize, delivery, pipeline or all \
-                     (comma-separated), not {other:?}"
+                    "--only takes ingest, normalizer, normalize, delivery, pipeline, \
+                     dead-letters or all (comma-separated), not {other:?}"
                 ),
             }
         }
@@ -155,6 +169,8 @@ pub struct Options {
     /// Whether the pipeline runs without the email-writer (`--no-email-writer`): "done" is
     /// then the crm-writer's delivery alone.
     pub no_email_writer: bool,
+    /// Dead letters the dead-letter part parks before it queries and replays them.
+    pub dead_letters: usize,
     /// Which parts run.
     pub only: Parts,
     /// Path of the `handoff-ingest` binary.
@@ -167,10 +183,14 @@ pub struct Options {
     pub email_writer_bin: PathBuf,
     /// Path of the `handoff-sandbox` binary.
     pub sandbox_bin: PathBuf,
+    /// Path of the `handoff-dlq` binary (the dead-letter handler).
+    pub dlq_bin: PathBuf,
 }
 
 /// Largest batch ingest accepts by default (`http.batch_max_events`).
 const MAX_BATCH: usize = 500;
+/// Fewest dead letters the dead-letter part parks: its replay groups are shares of them.
+const MIN_DEAD_LETTERS: usize = 1_000;
 
 impl Options {
     /// Reads the environment, then `args` (without the program name).
@@ -190,12 +210,14 @@ impl Options {
         let mut pipeline_events = env("HANDOFF_BENCH_PIPELINE_EVENTS");
         let mut pipeline_seconds = env("HANDOFF_BENCH_PIPELINE_SECONDS");
         let mut no_email_writer = env("HANDOFF_BENCH_NO_EMAIL_WRITER");
+        let mut dead_letters = env("HANDOFF_BENCH_DEAD_LETTERS");
         let mut only = env("HANDOFF_BENCH_ONLY");
         let mut ingest_bin = env("HANDOFF_INGEST_BIN");
         let mut normalizer_bin = env("HANDOFF_NORMALIZER_BIN");
         let mut crm_writer_bin = env("HANDOFF_CRM_WRITER_BIN");
         let mut email_writer_bin = env("HANDOFF_EMAIL_WRITER_BIN");
         let mut sandbox_bin = env("HANDOFF_SANDBOX_BIN");
+        let mut dlq_bin = env("HANDOFF_DLQ_BIN");
 
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -223,12 +245,14 @@ impl Options {
                 "--pacing-limit" => &mut pacing_limit,
                 "--pipeline-events" => &mut pipeline_events,
                 "--pipeline-seconds" => &mut pipeline_seconds,
+                "--dead-letters" => &mut dead_letters,
                 "--only" => &mut only,
                 "--ingest-bin" => &mut ingest_bin,
                 "--normalizer-bin" => &mut normalizer_bin,
                 "--crm-writer-bin" => &mut crm_writer_bin,
                 "--email-writer-bin" => &mut email_writer_bin,
                 "--sandbox-bin" => &mut sandbox_bin,
+                "--dlq-bin" => &mut dlq_bin,
                 _ => bail!("unknown argument {arg:?}"),
             };
             let value = match inline {
@@ -261,6 +285,10 @@ impl Options {
         };
         let pipeline_events = number("--pipeline-events", pipeline_events, 5_000)?;
         let pipeline_seconds = number("--pipeline-seconds", pipeline_seconds, 20)?;
+        let dead_letters = number("--dead-letters", dead_letters, 50_000)?;
+        if dead_letters < MIN_DEAD_LETTERS {
+            bail!("--dead-letters must be at least {MIN_DEAD_LETTERS}, not {dead_letters}");
+        }
         let no_email_writer = match no_email_writer.as_deref() {
             None | Some("0" | "false" | "no") => false,
             Some("1" | "true" | "yes") => true,
@@ -309,6 +337,10 @@ impl Options {
             Some(path) => PathBuf::from(path),
             None => beside_this_binary("handoff-sandbox")?,
         };
+        let dlq_bin = match dlq_bin {
+            Some(path) => PathBuf::from(path),
+            None => beside_this_binary("handoff-dlq")?,
+        };
         Ok(Some(Options {
             events,
             concurrency,
@@ -322,12 +354,14 @@ impl Options {
             pipeline_events,
             pipeline_duration: Duration::from_secs(pipeline_seconds as u64),
             no_email_writer,
+            dead_letters,
             only,
             ingest_bin,
             normalizer_bin,
             crm_writer_bin,
             email_writer_bin,
             sandbox_bin,
+            dlq_bin,
         }))
     }
 }
@@ -405,6 +439,13 @@ mod tests {
                 ..Parts::NONE
             }
         );
+        assert_eq!(
+            parse(&["--only=dead-letters"]).only,
+            Parts {
+                dead_letters: true,
+                ..Parts::NONE
+            }
+        );
         assert_eq!(parse(&["--only=all"]).only, Parts::ALL);
     }
 
@@ -446,6 +487,7 @@ mod tests {
         assert!(bad(&["--pipeline-events", "0"]));
         assert!(bad(&["--pipeline-seconds", "0"]));
         assert!(bad(&["--no-email-writer=maybe"]));
+        assert!(bad(&["--dead-letters", "999"]));
     }
 
     #[test]
@@ -456,6 +498,15 @@ mod tests {
         let o = parse(&["--quota-seconds=12", "--pacing-limit", "98"]);
         assert_eq!(o.quota_duration, Duration::from_secs(12));
         assert_eq!(o.pacing_limit, Some(98));
+    }
+
+    #[test]
+    fn the_dead_letter_options_parse() {
+        let o = parse(&[]);
+        assert_eq!(o.dead_letters, 50_000);
+        let o = parse(&["--dead-letters=5_000", "--dlq-bin", "/x/handoff-dlq"]);
+        assert_eq!(o.dead_letters, 5_000);
+        assert_eq!(o.dlq_bin, PathBuf::from("/x/handoff-dlq"));
     }
 
     #[test]

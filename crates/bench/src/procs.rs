@@ -1,5 +1,6 @@
 //! Where the CPU goes: CPU seconds of ingest, the normalizer, the crm-writer,
-//! the email-writer, the sandbox, RabbitMQ, Redis and the bench itself read
+//! the email-writer, the dead-letter handler, the sandbox, RabbitMQ, Redis and
+//! the bench itself read
 //! from `/proc`, and a service's peak resident memory.
 //!
 //! Every process in a run shares the same cores, so a scenario's figures only
@@ -24,6 +25,8 @@ pub struct Watched {
     pub crm_writer: Option<u32>,
     /// The email-writer child, when one is running.
     pub email_writer: Option<u32>,
+    /// The dead-letter handler child (`handoff-dlq serve`), when one is running.
+    pub dead_letters: Option<u32>,
     /// The sandbox child, when one is running: the stand-in for HubSpot and Mailchimp, counted
     /// apart from the services under test like the broker and Redis are.
     pub sandbox: Option<u32>,
@@ -41,6 +44,7 @@ impl Watched {
             normalizer: None,
             crm_writer: None,
             email_writer: None,
+            dead_letters: None,
             sandbox: None,
             broker: pids_named("beam.smp"),
             redis: pids_named("redis-server"),
@@ -55,6 +59,7 @@ impl Watched {
             normalizer: self.normalizer.and_then(cpu_seconds),
             crm_writer: self.crm_writer.and_then(cpu_seconds),
             email_writer: self.email_writer.and_then(cpu_seconds),
+            dead_letters: self.dead_letters.and_then(cpu_seconds),
             sandbox: self.sandbox.and_then(cpu_seconds),
             broker: sum(&self.broker),
             redis: sum(&self.redis),
@@ -72,6 +77,7 @@ pub struct Sample {
     normalizer: Option<f64>,
     crm_writer: Option<f64>,
     email_writer: Option<f64>,
+    dead_letters: Option<f64>,
     sandbox: Option<f64>,
     broker: Option<f64>,
     redis: Option<f64>,
@@ -89,6 +95,7 @@ impl Sample {
             normalizer: delta(self.normalizer, later.normalizer),
             crm_writer: delta(self.crm_writer, later.crm_writer),
             email_writer: delta(self.email_writer, later.email_writer),
+            dead_letters: delta(self.dead_letters, later.dead_letters),
             sandbox: delta(self.sandbox, later.sandbox),
             broker: delta(self.broker, later.broker),
             redis: delta(self.redis, later.redis),
@@ -106,6 +113,8 @@ pub struct CpuUse {
     pub normalizer: Option<f64>,
     pub crm_writer: Option<f64>,
     pub email_writer: Option<f64>,
+    /// The dead-letter handler.
+    pub dead_letters: Option<f64>,
     /// The sandbox CRM: the destination's work, not the service's.
     pub sandbox: Option<f64>,
     pub broker: Option<f64>,
@@ -116,14 +125,15 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// CPU seconds of the services under test (ingest, the normalizer, the writers), if any
-    /// ran.
+    /// CPU seconds of the services under test (ingest, the normalizer, the writers, the
+    /// dead-letter handler), if any ran.
     pub fn service(&self) -> Option<f64> {
         let services = [
             self.ingest,
             self.normalizer,
             self.crm_writer,
             self.email_writer,
+            self.dead_letters,
         ];
         services
             .iter()

@@ -1,8 +1,8 @@
 //! A Handoff service under test, run as its real release binary in a child
 //! process with a throw-away configuration file (written beside its log in
 //! the temp directory, both removed when it stops): what [`crate::ingest`],
-//! [`crate::normalizer`] and [`crate::delivery`] (the crm-writer and the
-//! sandbox CRM) have in common.
+//! [`crate::normalizer`], [`crate::delivery`] (the crm-writer and the
+//! sandbox CRM) and [`crate::dead_letters`] (`handoff-dlq serve`) have in common.
 //!
 //! The child gets a clean environment for its configuration: `HANDOFF_*`
 //! variables (the bench's own flags among them) would be read as config keys,
@@ -54,6 +54,31 @@ impl Service {
         admin_port: u16,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Service> {
+        Service::start(name, bin, &[], namespace, config, admin_port, env)
+    }
+
+    /// [`Service::spawn`] with command-line `args`: a binary with subcommands
+    /// (`handoff-dlq serve`).
+    pub fn spawn_with_args(
+        name: &'static str,
+        bin: &Path,
+        args: &[&str],
+        namespace: &str,
+        config: &str,
+        admin_port: u16,
+    ) -> anyhow::Result<Service> {
+        Service::start(name, bin, args, namespace, config, admin_port, &[])
+    }
+
+    fn start(
+        name: &'static str,
+        bin: &Path,
+        args: &[&str],
+        namespace: &str,
+        config: &str,
+        admin_port: u16,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         if !bin.is_file() {
             bail!(
                 "{} does not exist; build it first with `cargo build --release --bins`",
@@ -73,6 +98,7 @@ impl Service {
         let log_err = log.try_clone().context("sharing the log file")?;
 
         let mut command = Command::new(bin);
+        command.args(args);
         for (var, _) in std::env::vars_os() {
             let var_str = var.to_string_lossy();
             if var_str.starts_with("HANDOFF_")

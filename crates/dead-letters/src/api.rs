@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use crate::config::{OperatorConfig, Role};
 use crate::record::{self, Status};
 use crate::replay::{JobState, ReplayError, ReplayRequest, Replayer};
-use crate::store::{AuditEntry, DeadLetterStore, Filter, QueryError};
+use crate::store::{AuditEntry, DeadLetterStore, Filter, QueryError, Selection};
 
 /// Rows a list returns when no `limit` is given, and the most it may ask for.
 const DEFAULT_LIMIT: u64 = 50;
@@ -103,6 +103,24 @@ impl Operator {
 }
 
 impl Api {
+    /// Writes `entry` to the audit log as `operator`'s `action`, now.
+    async fn audit(
+        &self,
+        operator: &Operator,
+        action: &str,
+        entry: AuditEntry,
+    ) -> Result<(), ApiError> {
+        self.store
+            .audit(&AuditEntry {
+                at: record::rfc3339(OffsetDateTime::now_utc()),
+                operator: operator.name.clone(),
+                action: action.to_owned(),
+                ..entry
+            })
+            .await?;
+        Ok(())
+    }
+
     fn operator(&self, headers: &HeaderMap) -> Result<Operator, ApiError> {
         let (name, role) = self.operators.authenticate(headers)?;
         Ok(Operator { name, role })
@@ -305,17 +323,11 @@ async fn start_replay(
     }
     operator.may_change()?;
     let job = api.replayer.start(&request, &operator.name).await?;
-    api.store
-        .audit(&AuditEntry {
-            at: record::rfc3339(OffsetDateTime::now_utc()),
-            operator: operator.name,
-            action: "replay".into(),
-            filter: request.filter.clone().or_else(|| {
-                request.group.clone().map(|g| Filter {
-                    fingerprint: Some(g),
-                    ..Filter::default()
-                })
-            }),
+    api.audit(
+        &operator,
+        "replay",
+        AuditEntry {
+            filter: request.selection().ok().and_then(|s| s.filter().cloned()),
             ids: request.ids.clone(),
             count: job.total,
             reason: request.reason.clone(),
@@ -327,8 +339,9 @@ async fn start_replay(
                 job.refused
             ),
             ..AuditEntry::default()
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
@@ -364,17 +377,17 @@ async fn control_replay(
         }
     };
     let job = api.replayer.control(&id, to).await?;
-    api.store
-        .audit(&AuditEntry {
-            at: record::rfc3339(OffsetDateTime::now_utc()),
-            operator: operator.name,
-            action: format!("replay.{action}"),
+    api.audit(
+        &operator,
+        &format!("replay.{action}"),
+        AuditEntry {
             job: id,
             count: job.total.saturating_sub(job.sent + job.skipped),
             detail: format!("{} sent of {}", job.sent, job.total),
             ..AuditEntry::default()
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(Json(job).into_response())
 }
 
@@ -414,24 +427,13 @@ async fn purge(
             "a purge needs a reason, for the audit log",
         ));
     }
-    let chosen = usize::from(!request.ids.is_empty())
-        + usize::from(request.filter.is_some())
-        + usize::from(request.group.is_some());
-    if chosen != 1 {
-        return Err(ApiError::bad_request(
-            "name exactly one of: ids, a filter, a group",
-        ));
-    }
-    let filter = request.filter.clone().or_else(|| {
-        request.group.clone().map(|g| Filter {
-            fingerprint: Some(g),
-            ..Filter::default()
-        })
-    });
-    let ids = match &filter {
-        Some(filter) => api.store.ids(filter, api.max_selection).await?,
-        None => request.ids.clone(),
-    };
+    let selection = Selection::of(
+        &request.ids,
+        request.filter.as_ref(),
+        request.group.as_deref(),
+    )
+    .map_err(ApiError::bad_request)?;
+    let ids = api.store.select(&selection, api.max_selection).await?;
     let mut patch = serde_json::Map::new();
     patch.insert(
         "purge".into(),
@@ -452,19 +454,19 @@ async fn purge(
             None,
         )
         .await?;
-    api.store
-        .audit(&AuditEntry {
-            at: record::rfc3339(OffsetDateTime::now_utc()),
-            operator: operator.name,
-            action: "purge".into(),
-            filter,
+    api.audit(
+        &operator,
+        "purge",
+        AuditEntry {
+            filter: selection.filter().cloned(),
             ids: request.ids.clone(),
             count: purged.len() as u64,
             reason: request.reason.clone(),
             detail: format!("{} selected, {} purged", ids.len(), purged.len()),
             ..AuditEntry::default()
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(Json(PurgeResult {
         purged: purged.len() as u64,
         left: (ids.len() - purged.len()) as u64,

@@ -9,7 +9,7 @@ use handoff_bus::consumer::{DEAD_LETTER_MESSAGE_TYPE, read_dead_letter};
 use handoff_bus::{Delivery, Handler, Outcome, Topology};
 use handoff_events::v1::{self, ErrorClass};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::record::Summary;
 use crate::store::DeadLetterStore;
@@ -33,7 +33,7 @@ impl Handler for Parker {
             match self.store.park(&summary, &record).await {
                 Ok(new) => {
                     if new {
-                        info!(
+                        debug!(
                             dead_letter = %summary.id,
                             event_id = %summary.event_id,
                             stage = %summary.stage,

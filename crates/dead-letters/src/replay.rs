@@ -22,6 +22,7 @@
 //! second handler resumes it without a second runner.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::config::ReplayConfig;
 use crate::record::{self, Status, Summary};
-use crate::store::{DeadLetterStore, Filter, QueryError};
+use crate::store::{DeadLetterStore, Filter, QueryError, Selection};
 
 /// Header naming the dead letter a replayed message came from.
 pub const HEADER_REPLAY_OF: &str = "x-handoff-replay-of";
@@ -113,6 +114,13 @@ pub struct ReplayRequest {
     pub dry_run: bool,
     /// Why, for the audit log.
     pub reason: String,
+}
+
+impl ReplayRequest {
+    /// What it picks (exactly one of ids, a filter, a group).
+    pub fn selection(&self) -> Result<Selection, String> {
+        Selection::of(&self.ids, self.filter.as_ref(), self.group.as_deref())
+    }
 }
 
 /// What a replay would do (the answer to a dry run, and the plan of a job).
@@ -252,43 +260,24 @@ impl Replayer {
 
     /// The dead letters a request selects (ids as given, or newest first).
     async fn select(&self, request: &ReplayRequest) -> Result<Vec<String>, ReplayError> {
-        let chosen = usize::from(!request.ids.is_empty())
-            + usize::from(request.filter.is_some())
-            + usize::from(request.group.is_some());
-        if chosen != 1 {
-            return Err(ReplayError::BadRequest(
-                "name exactly one of: ids, a filter, a group".into(),
-            ));
-        }
-        let max = self.inner.cfg.max_selection;
-        if !request.ids.is_empty() {
-            if request.ids.len() as u64 > max {
-                return Err(ReplayError::BadRequest(format!(
-                    "{} ids is more than replay.max_selection ({max})",
-                    request.ids.len()
-                )));
-            }
-            return Ok(request.ids.clone());
-        }
-        let mut filter = match (&request.filter, &request.group) {
-            (Some(filter), _) => filter.clone(),
-            (None, Some(group)) => Filter {
-                fingerprint: Some(group.clone()),
-                ..Filter::default()
-            },
-            (None, None) => Filter::default(),
-        };
-        match filter.status {
-            None => filter.status = Some(Status::Parked),
-            Some(Status::Parked) => {}
-            Some(other) => {
-                return Err(ReplayError::BadRequest(format!(
-                    "only parked dead letters can be replayed, not {}",
-                    other.label()
-                )));
+        let mut selection = request.selection().map_err(ReplayError::BadRequest)?;
+        if let Selection::Filter(filter) = &mut selection {
+            match filter.status {
+                None => filter.status = Some(Status::Parked),
+                Some(Status::Parked) => {}
+                Some(other) => {
+                    return Err(ReplayError::BadRequest(format!(
+                        "only parked dead letters can be replayed, not {}",
+                        other.label()
+                    )));
+                }
             }
         }
-        Ok(self.inner.store.ids(&filter, max).await?)
+        Ok(self
+            .inner
+            .store
+            .select(&selection, self.inner.cfg.max_selection)
+            .await?)
     }
 
     /// What `request` would do: counts, targets, rate, time, refusals.
@@ -730,9 +719,7 @@ impl Replayer {
         let job = self.job(id).await?;
         let key = self.job_key(id);
         let ids_key = format!("{key}:ids");
-        let period = Duration::from_secs_f64(1.0 / job.rate.max(0.001));
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pace = pacer(job.rate);
         let mut renewed_at = tokio::time::Instant::now();
         // (queue, when counted, how many more may be sent before counting again)
         let mut headroom: Option<(String, tokio::time::Instant, i64)> = None;
@@ -847,7 +834,7 @@ impl Replayer {
             }
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return Ok(()),
-                _ = ticker.tick() => {}
+                () = pace.until_ready() => {}
             }
             // A pause or cancel that came while waiting for the slot takes effect now,
             // not after one more send.
@@ -1001,6 +988,18 @@ impl Replayer {
             .await?;
         Ok(())
     }
+}
+
+/// The job's rate as a GCRA (`governor`): slots on a schedule, so a slow send does not
+/// push every later one back, with a burst of a twentieth of a second's worth (at least
+/// one) to absorb that jitter without letting a pause turn into a flood.
+fn pacer(rate: f64) -> governor::DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let burst = NonZeroU32::new((rate / 20.0).floor() as u32).unwrap_or(NonZeroU32::MIN);
+    let quota = governor::Quota::with_period(period)
+        .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    governor::RateLimiter::direct(quota)
 }
 
 /// The queue a dead letter goes back to in `mode`, or why it cannot.

@@ -103,6 +103,41 @@ impl Filter {
     }
 }
 
+/// What an operator picked for a replay or a purge: ids, or a filter (a group is a
+/// filter on its fingerprint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    Ids(Vec<String>),
+    Filter(Box<Filter>),
+}
+
+impl Selection {
+    /// Exactly one of: ids, a filter, a group.
+    pub fn of(
+        ids: &[String],
+        filter: Option<&Filter>,
+        group: Option<&str>,
+    ) -> Result<Selection, String> {
+        match (ids.is_empty(), filter, group) {
+            (false, None, None) => Ok(Selection::Ids(ids.to_vec())),
+            (true, Some(filter), None) => Ok(Selection::Filter(Box::new(filter.clone()))),
+            (true, None, Some(group)) => Ok(Selection::Filter(Box::new(Filter {
+                fingerprint: Some(group.to_owned()),
+                ..Filter::default()
+            }))),
+            _ => Err("name exactly one of: ids, a filter, a group".into()),
+        }
+    }
+
+    /// The filter, for the audit log.
+    pub fn filter(&self) -> Option<&Filter> {
+        match self {
+            Selection::Filter(filter) => Some(filter),
+            Selection::Ids(_) => None,
+        }
+    }
+}
+
 /// What has happened to a dead letter since it was parked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -544,6 +579,19 @@ impl DeadLetterStore {
             offset += n;
         }
         Ok(ids)
+    }
+
+    /// The ids a selection names, at most `max` (more ids than that is the operator's
+    /// error; a filter matching more is cut to the newest `max`).
+    pub async fn select(&self, selection: &Selection, max: u64) -> Result<Vec<String>, QueryError> {
+        match selection {
+            Selection::Ids(ids) if ids.len() as u64 > max => Err(QueryError::BadFilter(format!(
+                "{} ids is more than replay.max_selection ({max})",
+                ids.len()
+            ))),
+            Selection::Ids(ids) => Ok(ids.clone()),
+            Selection::Filter(filter) => self.ids(filter, max).await,
+        }
     }
 
     /// Moves `ids` that are in one of `from` to `to`, merging `patch` into their state;

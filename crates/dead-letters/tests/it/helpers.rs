@@ -218,6 +218,47 @@ impl World {
         bus
     }
 
+    /// The handler's store in this namespace, to park dead letters directly.
+    pub fn store(&self) -> handoff_dead_letters::store::DeadLetterStore {
+        let cfg = config(&self.namespace, &support::amqp_url(), &support::redis_url());
+        handoff_dead_letters::store::DeadLetterStore::new(&cfg.redis, &self.namespace)
+            .expect("store")
+    }
+
+    /// Parks `n` dead letters of `class` failed in `stage`'s queue (event ids `evt-0`…),
+    /// each `tweak`ed first; returns their summaries.
+    pub async fn park_failed(
+        &self,
+        n: usize,
+        stage: &str,
+        class: ErrorClass,
+        tweak: impl Fn(usize, &mut v1::DeadLetter),
+    ) -> Vec<handoff_dead_letters::record::Summary> {
+        let store = self.store();
+        let queue = self.inspector.topology().stage_queue(stage);
+        let mut parked = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut record = v1::DeadLetter {
+                event_id: format!("evt-{i}"),
+                stage: stage.into(),
+                error_class: class as i32,
+                error_message: "failed".into(),
+                origin_queue: queue.clone(),
+                original_body: envelope(&format!("evt-{i}"), "p@example.com", "ok"),
+                ..v1::DeadLetter::default()
+            };
+            tweak(i, &mut record);
+            let summary =
+                handoff_dead_letters::record::Summary::of(&record, record.event_id.as_bytes());
+            assert!(
+                store.park(&summary, &record).await.expect("park"),
+                "parked once"
+            );
+            parked.push(summary);
+        }
+        parked
+    }
+
     pub async fn finish(mut self) {
         self.dlq.service.stop().await;
         support::remove_namespace(self.inspector.clone(), &self.namespace).await;

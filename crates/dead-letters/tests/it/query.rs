@@ -7,9 +7,8 @@ use handoff_dead_letters::record::Summary;
 use handoff_dead_letters::store::DeadLetterStore;
 use handoff_events::Timestamp;
 use handoff_events::v1::{self, ErrorClass};
-use handoff_test_support as support;
 
-use crate::helpers::{VIEWER_TOKEN, World, config, envelope};
+use crate::helpers::{VIEWER_TOKEN, World, envelope};
 
 /// 2026-11-01T00:00:00Z.
 const BASE: i64 = 1_793_491_200;
@@ -81,13 +80,7 @@ async fn park_thirty(store: &DeadLetterStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn filters_windows_groups_stats_and_pages() {
     let world = World::start().await;
-    let cfg = config(
-        &world.namespace,
-        &support::amqp_url(),
-        &support::redis_url(),
-    );
-    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
-    park_thirty(&store).await;
+    park_thirty(&world.store()).await;
     let dlq = &world.dlq;
 
     assert_eq!(dlq.list("").await.total, 30);
@@ -237,13 +230,7 @@ async fn the_api_needs_an_operator_token_and_viewers_only_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_purge_needs_confirmation_and_a_reason_and_is_audited() {
     let world = World::start().await;
-    let cfg = config(
-        &world.namespace,
-        &support::amqp_url(),
-        &support::redis_url(),
-    );
-    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
-    park_thirty(&store).await;
+    park_thirty(&world.store()).await;
     let dlq = &world.dlq;
     let filter = serde_json::json!({"stage": "normalizer"});
 

@@ -4,11 +4,10 @@ use std::time::Duration;
 
 use handoff_bus::{CRM_WRITER, NORMALIZER};
 use handoff_dead_letters::record::Summary;
-use handoff_dead_letters::store::DeadLetterStore;
 use handoff_events::v1::{self, ErrorClass};
 use handoff_test_support::{self as support};
 
-use crate::helpers::{World, config, envelope, run_scripted, send_to_stage};
+use crate::helpers::{World, envelope, run_scripted, send_to_stage};
 
 /// A dead letter failed by the scripted crm-writer is replayed as-is: the original bytes
 /// reach the crm-writer queue with a fresh retry budget and a new trace; a second replay
@@ -174,28 +173,10 @@ async fn a_replay_sends_the_original_once_and_learns_when_it_failed_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_pauses_resumes_and_cancels_without_losing_or_doubling() {
     let world = World::start().await;
-    let cfg = config(
-        &world.namespace,
-        &support::amqp_url(),
-        &support::redis_url(),
-    );
-    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
     let queue = world.inspector.topology().stage_queue(NORMALIZER);
-    for i in 0..20 {
-        let record = v1::DeadLetter {
-            event_id: format!("evt-{i}"),
-            stage: NORMALIZER.into(),
-            error_class: ErrorClass::Validation as i32,
-            error_message: "unmapped".into(),
-            origin_queue: queue.clone(),
-            original_body: envelope(&format!("evt-{i}"), "p@example.com", "ok"),
-            ..v1::DeadLetter::default()
-        };
-        store
-            .park(&Summary::of(&record, record.event_id.as_bytes()), &record)
-            .await
-            .expect("park");
-    }
+    world
+        .park_failed(20, NORMALIZER, ErrorClass::Validation, |_, _| {})
+        .await;
     // A renormalized event goes on to every writer: HubSpot's budget caps it too.
     let (_, plan) = world
         .dlq
@@ -293,28 +274,12 @@ async fn a_job_pauses_resumes_and_cancels_without_losing_or_doubling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_waits_while_its_target_queue_is_backed_up() {
     let world = World::start_with(|cfg| cfg.replay.max_backlog = 5).await;
-    let cfg = config(
-        &world.namespace,
-        &support::amqp_url(),
-        &support::redis_url(),
-    );
-    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
     let queue = world.inspector.topology().stage_queue(CRM_WRITER);
-    for i in 0..30 {
-        let record = v1::DeadLetter {
-            event_id: format!("evt-{i}"),
-            stage: CRM_WRITER.into(),
-            error_class: ErrorClass::RetriesExhausted as i32,
-            destination: "mailchimp".into(),
-            origin_queue: queue.clone(),
-            original_body: envelope(&format!("evt-{i}"), "q@example.com", "ok"),
-            ..v1::DeadLetter::default()
-        };
-        store
-            .park(&Summary::of(&record, record.event_id.as_bytes()), &record)
-            .await
-            .expect("park");
-    }
+    world
+        .park_failed(30, CRM_WRITER, ErrorClass::RetriesExhausted, |_, r| {
+            r.destination = "mailchimp".into();
+        })
+        .await;
     // 200/s asked; mailchimp's budget is 100/s and a replay may take half: 50/s.
     let (_, job) = world
         .dlq
@@ -352,12 +317,7 @@ async fn a_replay_waits_while_its_target_queue_is_backed_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_the_same_message_failing_again_marks_a_replay_failed_again() {
     let world = World::start().await;
-    let cfg = config(
-        &world.namespace,
-        &support::amqp_url(),
-        &support::redis_url(),
-    );
-    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
+    let store = world.store();
     let queue = world.inspector.topology().stage_queue(CRM_WRITER);
     let dead_letter = |route: &str, message: &str| v1::DeadLetter {
         event_id: "evt-wb".into(),
@@ -416,33 +376,15 @@ async fn only_the_same_message_failing_again_marks_a_replay_failed_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_say_what_is_parked_how_old_it_is_and_how_a_replay_goes() {
     let world = World::start().await;
-    let cfg = config(
-        &world.namespace,
-        &support::amqp_url(),
-        &support::redis_url(),
-    );
-    let store = DeadLetterStore::new(&cfg.redis, &world.namespace).expect("store");
-    let queue = world.inspector.topology().stage_queue(NORMALIZER);
     let an_hour_ago = time::OffsetDateTime::now_utc().unix_timestamp() - 3_600;
-    for i in 0..12 {
-        let record = v1::DeadLetter {
-            event_id: format!("evt-m{i}"),
-            stage: NORMALIZER.into(),
-            error_class: ErrorClass::Validation as i32,
-            error_message: "unmapped".into(),
-            origin_queue: queue.clone(),
-            original_body: envelope(&format!("evt-m{i}"), "m@example.com", "ok"),
-            dead_lettered_at: Some(handoff_events::Timestamp {
-                seconds: an_hour_ago + i,
+    world
+        .park_failed(12, NORMALIZER, ErrorClass::Validation, |i, r| {
+            r.dead_lettered_at = Some(handoff_events::Timestamp {
+                seconds: an_hour_ago + i as i64,
                 nanos: 0,
-            }),
-            ..v1::DeadLetter::default()
-        };
-        store
-            .park(&Summary::of(&record, record.event_id.as_bytes()), &record)
-            .await
-            .expect("park");
-    }
+            });
+        })
+        .await;
     let metrics_url = format!("{}/metrics", world.dlq.service.admin_url);
     let scrape = || async {
         reqwest::get(&metrics_url)
