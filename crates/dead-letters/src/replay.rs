@@ -721,8 +721,10 @@ impl Replayer {
         let ids_key = format!("{key}:ids");
         let pace = pacer(job.rate);
         let mut renewed_at = tokio::time::Instant::now();
-        // (queue, when counted, how many more may be sent before counting again)
-        let mut headroom: Option<(String, tokio::time::Instant, i64)> = None;
+        let backlog = Arc::new(Backlog::default());
+        let _counting = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            self.clone().count_backlog_every(backlog.clone(), POLL),
+        ));
         info!(job = %id, rate = job.rate, "Replay job running.");
         loop {
             if self.inner.shutdown.is_cancelled() {
@@ -804,33 +806,21 @@ impl Replayer {
                     continue;
                 }
             };
-            // Backlog: hold while the target queue has more ready than allowed. The
-            // count is taken again after every `headroom` sends or half a second.
-            let counted = headroom.as_ref().is_some_and(|(q, at, room)| {
-                q == &queue && *room > 0 && at.elapsed() < Duration::from_millis(500)
-            });
-            if !counted {
-                let mut ready = 0_u32;
-                for watched in self.watched_queues(&queue) {
-                    let count = self
-                        .inner
-                        .bus
-                        .message_count(&watched)
-                        .await
-                        .unwrap_or(u32::MAX);
-                    ready = ready.max(count);
+            // Backlog: hold while the target queue has more ready than allowed (counted
+            // off this path, plus what this job sent since the count).
+            let room = match backlog.room(&queue, self.inner.cfg.max_backlog) {
+                Some(room) => room,
+                None => {
+                    let ready = self.ready_behind(&queue).await;
+                    backlog.counted(&queue, ready);
+                    continue;
                 }
-                let room = i64::from(self.inner.cfg.max_backlog) - i64::from(ready);
-                headroom = Some((queue.clone(), tokio::time::Instant::now(), room));
-                if room <= 0 {
-                    tokio::select! {
-                        () = self.inner.shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(POLL) => continue,
-                    }
+            };
+            if room <= 0 {
+                tokio::select! {
+                    () = self.inner.shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(POLL) => continue,
                 }
-            }
-            if let Some((_, _, room)) = headroom.as_mut() {
-                *room -= 1;
             }
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return Ok(()),
@@ -881,9 +871,38 @@ impl Replayer {
                     Some(id),
                 )
                 .await?;
+            backlog.sent(&queue);
             metrics::counter!("handoff_dlq_replayed_total", "mode" => job.mode.label())
                 .increment(1);
             self.advance(&key, "sent").await?;
+        }
+    }
+
+    /// The most ready messages in any queue a replay to `queue` watches; a queue that
+    /// cannot be counted counts as full.
+    async fn ready_behind(&self, queue: &str) -> u32 {
+        let mut ready = 0_u32;
+        for watched in self.watched_queues(queue) {
+            let count = self
+                .inner
+                .bus
+                .message_count(&watched)
+                .await
+                .unwrap_or(u32::MAX);
+            ready = ready.max(count);
+        }
+        ready
+    }
+
+    /// Recounts every queue in `backlog` each `every`, off the send path: a count
+    /// opens a channel, tens of milliseconds a replay's pace should not wait for.
+    async fn count_backlog_every(self, backlog: Arc<Backlog>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            for queue in backlog.queues() {
+                let ready = self.ready_behind(&queue).await;
+                backlog.counted(&queue, ready);
+            }
         }
     }
 
@@ -987,6 +1006,42 @@ impl Replayer {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Per target queue: ready messages at the last count, and what the job sent since.
+#[derive(Default)]
+struct Backlog {
+    by_queue: std::sync::Mutex<HashMap<String, (u32, u32)>>,
+}
+
+impl Backlog {
+    /// How many more may go before the queue holds `max`; `None` before its first count.
+    fn room(&self, queue: &str, max: u32) -> Option<i64> {
+        let by_queue = self.by_queue.lock().ok()?;
+        let (ready, sent) = by_queue.get(queue)?;
+        Some(i64::from(max) - i64::from(*ready) - i64::from(*sent))
+    }
+
+    fn counted(&self, queue: &str, ready: u32) {
+        if let Ok(mut by_queue) = self.by_queue.lock() {
+            by_queue.insert(queue.to_owned(), (ready, 0));
+        }
+    }
+
+    fn sent(&self, queue: &str) {
+        if let Ok(mut by_queue) = self.by_queue.lock()
+            && let Some((_, sent)) = by_queue.get_mut(queue)
+        {
+            *sent += 1;
+        }
+    }
+
+    fn queues(&self) -> Vec<String> {
+        self.by_queue
+            .lock()
+            .map(|by_queue| by_queue.keys().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

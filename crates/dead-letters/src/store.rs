@@ -35,6 +35,9 @@ static FACETS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua
 static TRANSITION: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/transition.lua")));
 
+/// Dead letters one `facets.lua` call reads: a few milliseconds of Redis at a time.
+const FACET_CHUNK: u64 = 5_000;
+
 /// Audit entries kept (the stream is trimmed to about this many).
 const AUDIT_KEEP: usize = 100_000;
 
@@ -491,18 +494,46 @@ impl DeadLetterStore {
     /// Counts per group, per stage and class of the parked, per status.
     pub async fn facets(&self, filter: &Filter) -> Result<Facets, QueryError> {
         let (min, max) = filter.window().map_err(QueryError::BadFilter)?;
-        let mut invocation = FACETS.prepare_invoke();
-        invocation.key(self.scratch_key()).key(self.key("facet"));
-        for key in self.filter_keys(filter) {
-            invocation.key(key);
+        let keys = self.filter_keys(filter);
+        // Several filters: their intersection, made once, then walked in chunks.
+        let scratch = (keys.len() > 1).then(|| self.scratch_key());
+        let source = match &scratch {
+            Some(target) => {
+                let (scratch, keys) = (target.clone(), keys.clone());
+                self.redis
+                    .run(|mut conn| async move {
+                        redis::pipe()
+                            .atomic()
+                            .cmd("ZINTERSTORE")
+                            .arg(&scratch)
+                            .arg(keys.len())
+                            .arg(&keys)
+                            .ignore()
+                            .cmd("PEXPIRE")
+                            .arg(&scratch)
+                            .arg(60_000)
+                            .ignore()
+                            .query_async::<()>(&mut conn)
+                            .await
+                    })
+                    .await?;
+                target.clone()
+            }
+            None => keys[0].clone(),
+        };
+        let walked = self.walk_facets(&source, min, max).await;
+        if let Some(scratch) = scratch {
+            let _ = self
+                .redis
+                .run(|mut conn| async move {
+                    redis::cmd("DEL")
+                        .arg(scratch)
+                        .query_async::<()>(&mut conn)
+                        .await
+                })
+                .await;
         }
-        invocation.arg(min).arg(max);
-        let answer: String = self
-            .redis
-            .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await?;
-        let raw: RawFacets = serde_json::from_str(&answer)
-            .map_err(|e| QueryError::Store(StoreError::Corrupt(format!("facets: {e}"))))?;
+        let raw = walked?;
         let fingerprints: Vec<String> = raw.groups.keys().cloned().collect();
         let described: Vec<Option<String>> = if fingerprints.is_empty() {
             Vec::new()
@@ -560,6 +591,52 @@ impl DeadLetterStore {
             parked,
             by_status: raw.status,
         })
+    }
+
+    /// Adds up `facets.lua` over the part of `source` in the window, a chunk of ranks at a
+    /// time. Dead letters parked meanwhile mostly come after the window's end (newer
+    /// scores); one parked or moved inside it may shift a chunk boundary by one.
+    async fn walk_facets(&self, source: &str, min: i64, max: i64) -> Result<RawFacets, QueryError> {
+        // The window as a range of ranks: chunks by rank cost no skipping.
+        let (before, within): (u64, u64) = {
+            let source = source.to_owned();
+            self.redis
+                .run(|mut conn| async move {
+                    redis::pipe()
+                        .cmd("ZCOUNT")
+                        .arg(&source)
+                        .arg("-inf")
+                        .arg(format!("({min}"))
+                        .cmd("ZCOUNT")
+                        .arg(&source)
+                        .arg(min)
+                        .arg(max)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?
+        };
+        let mut sum = RawFacets::default();
+        let end = before + within;
+        let mut start = before;
+        while start < end {
+            let last = (start + FACET_CHUNK - 1).min(end - 1);
+            let mut invocation = FACETS.prepare_invoke();
+            invocation
+                .key(source)
+                .key(self.key("facet"))
+                .arg(start)
+                .arg(last);
+            let answer: String = self
+                .redis
+                .run(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+                .await?;
+            let part: RawFacets = serde_json::from_str(&answer)
+                .map_err(|e| QueryError::Store(StoreError::Corrupt(format!("facets: {e}"))))?;
+            sum.add(part);
+            start = last + 1;
+        }
+        Ok(sum)
     }
 
     /// Every id matching `filter` (newest first), at most `max`.
@@ -697,7 +774,7 @@ pub enum QueryError {
     Store(#[from] StoreError),
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct RawFacets {
     #[serde(default, deserialize_with = "map_or_empty")]
     groups: BTreeMap<String, RawGroup>,
@@ -706,6 +783,35 @@ struct RawFacets {
     #[serde(default, deserialize_with = "map_or_empty")]
     status: BTreeMap<String, u64>,
     total: u64,
+}
+
+impl RawFacets {
+    fn add(&mut self, part: RawFacets) {
+        self.total += part.total;
+        for (fp, g) in part.groups {
+            let sum = self.groups.entry(fp).or_insert(RawGroup {
+                n: 0,
+                first: g.first,
+                last: g.last,
+                parked: 0,
+            });
+            sum.n += g.n;
+            sum.parked += g.parked;
+            sum.first = sum.first.min(g.first);
+            sum.last = sum.last.max(g.last);
+        }
+        for (key, p) in part.parked {
+            let sum = self.parked.entry(key).or_insert(RawParked {
+                n: 0,
+                oldest: p.oldest,
+            });
+            sum.n += p.n;
+            sum.oldest = sum.oldest.min(p.oldest);
+        }
+        for (status, n) in part.status {
+            *self.status.entry(status).or_default() += n;
+        }
+    }
 }
 
 #[derive(Deserialize)]

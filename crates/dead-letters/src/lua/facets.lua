@@ -1,33 +1,27 @@
--- Counts of the dead letters matching every filter: per fingerprint (count, first and
--- last seen), per stage and error class among the parked (count, oldest), per status.
+-- Counts over one chunk of the dead letters in a set (a filter's index, or the
+-- intersection of several, made by the caller): per fingerprint (count, first and last
+-- seen, of which parked), per stage and error class among the parked (count, oldest),
+-- per status. The caller walks the set chunk by chunk and adds them up, so Redis serves
+-- others in between rather than being held by one scan of everything.
 --
--- KEYS[1] scratch key, KEYS[2] facet hash, KEYS[3..] the filters' sorted sets.
--- ARGV: min score, max score
+-- KEYS[1] the set, KEYS[2] the facet hash
+-- ARGV: first and last rank of the chunk (by rank, not score: no skipping to an offset)
 -- Returns JSON: {groups = {fp = {n, first, last, parked}}, parked = {"stage|class" = {n, oldest}},
---                status = {status = n}, total = n}
-local src = KEYS[3]
-if #KEYS > 3 then
-  local filters = {}
-  for i = 3, #KEYS do filters[#filters + 1] = KEYS[i] end
-  redis.call('ZINTERSTORE', KEYS[1], #filters, unpack(filters))
-  redis.call('PEXPIRE', KEYS[1], 60000)
-  src = KEYS[1]
-end
+--                status = {status = n}, total = n scanned}
 local groups, parked, status = {}, {}, {}
 local total = 0
-local offset, chunk = 0, 5000
-while true do
-  local page = redis.call('ZRANGE', src, ARGV[1], ARGV[2], 'BYSCORE', 'LIMIT', offset, chunk, 'WITHSCORES')
-  if #page == 0 then break end
+local page = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES')
+if #page > 0 then
   local ids = {}
   for i = 1, #page, 2 do ids[#ids + 1] = page[i] end
   local facets = redis.call('HMGET', KEYS[2], unpack(ids))
-  for i, line in ipairs(facets) do
+  for i = 1, #ids do
+    total = total + 1
+    local line = facets[i]
     if line then
       local score = tonumber(page[2 * i])
       local fp, stage, class, st = string.match(line, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
       if fp then
-        total = total + 1
         local g = groups[fp]
         if not g then
           g = {n = 0, first = score, last = score, parked = 0}
@@ -51,7 +45,5 @@ while true do
       end
     end
   end
-  offset = offset + chunk
 end
-if #KEYS > 3 then redis.call('DEL', KEYS[1]) end
 return cjson.encode({groups = groups, parked = parked, status = status, total = total})
