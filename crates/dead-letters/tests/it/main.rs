@@ -6,3 +6,4 @@ mod parking;
 mod query;
 mod replay;
 mod restarts;
+mod trace;
