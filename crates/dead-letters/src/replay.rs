@@ -788,8 +788,14 @@ impl Replayer {
                 self.advance(&key, "skipped").await?;
                 continue;
             };
-            let ours = parked.state.status == Some(Status::Replaying)
-                && parked.state.replay.as_ref().is_some_and(|r| r.job == id);
+            let taken_by_us = parked.state.replay.as_ref().is_some_and(|r| r.job == id);
+            if taken_by_us && parked.state.status == Some(Status::Replayed) {
+                // Sent and marked before Redis or this process went away, but the cursor
+                // did not move: count it, do not send it again.
+                self.advance(&key, "sent").await?;
+                continue;
+            }
+            let ours = taken_by_us && parked.state.status == Some(Status::Replaying);
             let message = match (&parked.record, ours) {
                 (Some(record), true) => {
                     build_message(record, &parked.summary, job.mode, id, &self.inner.bus)
