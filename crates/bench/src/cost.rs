@@ -1,4 +1,4 @@
-//! The pure normalization cost ([6/9]): what `handoff_normalize` spends on one
+//! The pure normalization cost ([6/10]): what `handoff_normalize` spends on one
 //! event, in-process, without a broker, Redis or the service around it.
 //!
 //! [`Normalizer::new`] with the default config, then `normalize(customer.converted,

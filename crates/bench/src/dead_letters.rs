@@ -1,4 +1,4 @@
-//! The dead-letter handler under test ([9/9]): its real release binary
+//! The dead-letter handler under test ([9/10]): its real release binary
 //! (`handoff-dlq serve`) in a child process ([`Service`]) with a throw-away
 //! configuration, in a namespace of its own, over `--dead-letters` (50,000)
 //! dead letters parked the way the stages park them.
@@ -410,7 +410,7 @@ async fn scenario(
         &opts.dlq_bin,
         &["serve"],
         &namespace,
-        &config(&namespace, http_port, admin_port),
+        &config(&namespace, http_port, admin_port, ReplaySettings::Unbounded),
         admin_port,
     )?);
     watched.dead_letters = Some(running.pid());
@@ -645,7 +645,7 @@ async fn scenario(
 /// Publishes every record to the dead-letter exchange, confirmed, [`PUBLISH_CONCURRENCY`] in
 /// flight; returns how long that took. Fails on the first refused publish: the part cannot
 /// go on with fewer parked than it counts.
-async fn publish_all(
+pub(crate) async fn publish_all(
     bus: Bus,
     messages: Vec<OutgoingMessage>,
     stop: CancellationToken,
@@ -894,13 +894,13 @@ async fn replay(
 }
 
 /// The operator API, with the bench's token.
-struct Api {
+pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn new(base: String) -> anyhow::Result<Api> {
+    pub(crate) fn new(base: String) -> anyhow::Result<Api> {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -936,12 +936,12 @@ impl Api {
         Ok((took, json))
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         Ok(self.timed_get(path).await?.1)
     }
 
     /// The `total` of a list, groups or stats answer.
-    async fn total(&self, path: &str) -> anyhow::Result<u64> {
+    pub(crate) async fn total(&self, path: &str) -> anyhow::Result<u64> {
         self.get(path)
             .await?
             .get("total")
@@ -949,7 +949,7 @@ impl Api {
             .ok_or_else(|| anyhow!("GET {path}: no total"))
     }
 
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let response = self
             .http
@@ -968,12 +968,38 @@ impl Api {
     }
 }
 
-/// The handler's configuration: everything the part depends on is spelled out, the rest
+/// The `[replay]` settings a handler runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplaySettings {
+    /// The rate asked for is the rate a job runs at ([9/10]'s replay rate).
+    Unbounded,
+    /// The handler's own defaults, production's budgets and backlog bound ([10/10]).
+    Defaults,
+}
+
+/// The handler's configuration: everything a part depends on is spelled out, the rest
 /// is the handler's defaults (prefetch, Redis timeout, request timeout).
-fn config(namespace: &str, http: u16, admin: u16) -> String {
+pub(crate) fn config(namespace: &str, http: u16, admin: u16, replay: ReplaySettings) -> String {
     let amqp = handoff_test_support::amqp_url();
     let redis = handoff_test_support::redis_url();
     let token_sha256 = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let replay = match replay {
+        ReplaySettings::Unbounded => {
+            "[replay]
+# The rate the bench asks for must be the rate the job runs at: a cap above it, budgets
+# far above it for both destinations (share x budget = 5,000/s), and a backlog bound out
+# of the way (nothing consumes the origin queues).
+max_rate = 1000.0
+budgets = { hubspot = 10000.0, mailchimp = 10000.0 }
+max_backlog = 1000000
+max_selection = 100000
+"
+        }
+        ReplaySettings::Defaults => {
+            "# [replay]: the handler's defaults (production's budgets, share and backlog bound).
+"
+        }
+    };
     format!(
         r#"# Written by handoff-bench; removed when the run ends.
 namespace = "{namespace}"
@@ -995,15 +1021,7 @@ url = "{redis}"
 # on appendfsync always, which adds an fsync to every park.
 require_durable = false
 
-[replay]
-# The rate the bench asks for must be the rate the job runs at: a cap above it, budgets
-# far above it for both destinations (share x budget = 5,000/s), and a backlog bound out
-# of the way (nothing consumes the origin queues).
-max_rate = 1000.0
-budgets = {{ hubspot = 10000.0, mailchimp = 10000.0 }}
-max_backlog = 1000000
-max_selection = 100000
-
+{replay}
 [shutdown]
 grace = "5s"
 
@@ -2186,7 +2204,8 @@ mod tests {
 
     #[test]
     fn the_config_spells_out_what_the_part_depends_on() {
-        let cfg: toml::Value = toml::from_str(&config("bench-x-dlq", 18095, 19094)).expect("TOML");
+        let text = config("bench-x-dlq", 18095, 19094, ReplaySettings::Unbounded);
+        let cfg: toml::Value = toml::from_str(&text).expect("TOML");
         assert_eq!(cfg["namespace"].as_str(), Some("bench-x-dlq"));
         assert_eq!(cfg["http"]["listen"].as_str(), Some("127.0.0.1:18095"));
         assert_eq!(cfg["store"]["require_durable"].as_bool(), Some(false));
@@ -2205,6 +2224,12 @@ mod tests {
             Some(hex::encode(Sha256::digest(TOKEN.as_bytes())).as_str())
         );
         assert_eq!(operator["role"].as_str(), Some("operator"));
+
+        // [10/10] runs on the handler's own replay defaults.
+        let text = config("bench-x-pacing", 18095, 19094, ReplaySettings::Defaults);
+        let cfg: toml::Value = toml::from_str(&text).expect("TOML");
+        assert!(cfg.get("replay").is_none(), "{text}");
+        assert_eq!(cfg["store"]["require_durable"].as_bool(), Some(false));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The crm-writer under test ([7/9]): its real release binary in a child
+//! The crm-writer under test ([7/10]): its real release binary in a child
 //! process ([`Service`]) with a throw-away configuration (a namespace of its
 //! own, a free admin port, JSON logs at `warn`, the token in
 //! `HUBSPOT_ACCESS_TOKEN`, everything else its production defaults), writing
@@ -20,7 +20,7 @@
 //! `crm.contact.synced` after the CRM answered and just before it writes the
 //! ledger's `delivered` and acks; nobody consumes that queue here, so its
 //! depth minus the N preloaded copies is the number delivered, read with one
-//! passive declare per poll as [5/9] reads its output. The alternatives are
+//! passive declare per poll as [5/10] reads its output. The alternatives are
 //! worse: `GET /_sandbox/stats` serialises every key created so far under the
 //! sandbox's lock (a megabyte at 20,000 events) on each poll, work that would
 //! take the two cores from the writer being measured; and the writer's own
@@ -30,10 +30,10 @@
 //!
 //! Figures: events/s = events delivered in the window over its length;
 //! requests/s = the requests the sandbox had counted at the window's end over
-//! the same length; the ratio to the relay ceiling [4/9] of the same run; the
+//! the same length; the ratio to the relay ceiling [4/10] of the same run; the
 //! CPU of each process over the window and the writer's peak RSS; p50/p99 of
 //! a CRM request → answer from the writer's `handoff_delivery_request_seconds`
-//! histogram, interpolated within buckets as [5/9] does (so "≈").
+//! histogram, interpolated within buckets as [5/10] does (so "≈").
 //!
 //! Afterwards the writer is stopped with SIGTERM and "exactly once" is
 //! checked: the sandbox created each of the N contacts once and updated none,
@@ -84,9 +84,9 @@ use crate::service::{Service, free_port};
 
 /// The private-app token the sandbox accepts and the writer presents.
 pub(crate) const SANDBOX_TOKEN: &str = "pat-bench";
-/// The Mailchimp API key the sandbox accepts and the email-writer presents ([8/9]).
+/// The Mailchimp API key the sandbox accepts and the email-writer presents ([8/10]).
 pub(crate) const MAILCHIMP_KEY: &str = "sandbox-key-us1";
-/// The sandbox's Mailchimp audience ([8/9]).
+/// The sandbox's Mailchimp audience ([8/10]).
 pub(crate) const MAILCHIMP_LIST: &str = "sandbox-list";
 /// HubSpot's private-app quota, which part (b) gives the sandbox: requests per rolling window.
 pub const QUOTA_REQUESTS: u64 = 100;
@@ -760,19 +760,19 @@ impl DeliveryCounts {
 
 /// The sandbox's side of part (a)'s check, from `/_sandbox/stats`.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct CrmCounts {
+pub(crate) struct CrmCounts {
     /// Distinct contacts created.
-    contacts: u64,
+    pub(crate) contacts: u64,
     /// Contacts created more than once (a duplicate).
-    created_twice: u64,
+    pub(crate) created_twice: u64,
     /// Updates of any record: each event's upsert should have created its contact, once.
-    updates: u64,
+    pub(crate) updates: u64,
     /// Records of other types created (none expected).
-    other_creates: u64,
+    pub(crate) other_creates: u64,
 }
 
 impl CrmCounts {
-    fn of(stats: &Value) -> CrmCounts {
+    pub(crate) fn of(stats: &Value) -> CrmCounts {
         let mut counts = CrmCounts::default();
         let keys = |table: &str| -> Vec<(String, u64)> {
             stats
@@ -804,7 +804,7 @@ impl CrmCounts {
 }
 
 /// `(arrival, status)` of every entry of `/_sandbox/requests`.
-fn arrivals(log: &[Value]) -> anyhow::Result<Vec<(OffsetDateTime, Option<u16>)>> {
+pub(crate) fn arrivals(log: &[Value]) -> anyhow::Result<Vec<(OffsetDateTime, Option<u16>)>> {
     log.iter()
         .map(|entry| {
             let at = entry
@@ -866,7 +866,7 @@ impl SandboxApi {
     }
 
     /// `GET /_sandbox/requests`: every logged request, oldest first.
-    async fn requests(&self) -> anyhow::Result<Vec<Value>> {
+    pub(crate) async fn requests(&self) -> anyhow::Result<Vec<Value>> {
         match self.get("/_sandbox/requests").await? {
             Value::Array(entries) => Ok(entries),
             other => bail!("/_sandbox/requests answered {other}, not a list"),
@@ -937,7 +937,7 @@ tokens = ["{SANDBOX_TOKEN}"]
 {rate_limit}
 
 [mailchimp]
-# The sandbox's defaults, spelled out because the pipeline part [8/9] depends on them;
+# The sandbox's defaults, spelled out because the pipeline part [8/10] depends on them;
 # 10 simultaneous connections per key is the real Mailchimp's limit, kept.
 api_keys = ["{MAILCHIMP_KEY}"]
 lists = ["{MAILCHIMP_LIST}"]

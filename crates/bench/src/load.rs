@@ -6,7 +6,7 @@
 //! when the previous one is answered, so concurrency is fixed and latency is
 //! the service's, not a queue inside the generator.
 //!
-//! [`open_loop`] is the other kind, for a latency at a given rate ([8/9]):
+//! [`open_loop`] is the other kind, for a latency at a given rate ([8/10]):
 //! request `i` is due at `start + i / rate` whether earlier ones were answered
 //! or not, and its latency counts from when it was due, so a stall inside the
 //! service shows in the figures instead of slowing the generator down

@@ -1,7 +1,7 @@
 //! `handoff-bench` (`make bench`): how much of the broker's capacity each
 //! Handoff service, and the whole pipeline, turns into work on this machine.
 //!
-//! Nine scenarios in six parts, each service beside a bare-broker ceiling
+//! Ten scenarios in seven parts, each service beside a bare-broker ceiling
 //! that does the same broker work with plain lapin (the dead-letter handler
 //! beside its aims instead), each counted against what it should have left in
 //! RabbitMQ (and, for the writers, in the sandbox; for the handler, in its
@@ -18,55 +18,66 @@
 //!
 //! Part `normalizer` (`--only normalizer`):
 //!
-//! - [4/9] **relay ceiling** ([`relay`]): a plain lapin consumer at the
+//! - [4/10] **relay ceiling** ([`relay`]): a plain lapin consumer at the
 //!   normalizer's prefetch draining a preloaded backlog of raw envelopes,
 //!   publishing one canonical-sized message per delivery with a confirm and
 //!   acking after it.
-//! - [5/9] **normalizer service** ([`normalizer`]): the real release binary
+//! - [5/10] **normalizer service** ([`normalizer`]): the real release binary
 //!   draining the same backlog, preloaded before it starts.
 //!
 //! Part `normalize` (`--only normalize`):
 //!
-//! - [6/9] **pure normalization cost** ([`cost`]): `handoff_normalize`
+//! - [6/10] **pure normalization cost** ([`cost`]): `handoff_normalize`
 //!   in-process on the seed body and a messy variant, µs per event.
 //!
 //! Part `delivery` (`--only delivery`):
 //!
-//! - [7/9] **crm-writer delivery** ([`delivery`]): the real release binary
+//! - [7/10] **crm-writer delivery** ([`delivery`]): the real release binary
 //!   writing a preloaded backlog of canonical `contact.updated` events into
 //!   the sandbox CRM (its release binary too), (a) with no quota in the way,
-//!   beside the relay ceiling [4/9] (run for it when the normalizer part is
+//!   beside the relay ceiling [4/10] (run for it when the normalizer part is
 //!   not), then (b) under HubSpot's quota of 100 requests per 10 s with the
 //!   writer's default pacing: the share of the quota it uses and of its
 //!   requests answered 429.
 //!
 //! Part `pipeline` (`--only pipeline`):
 //!
-//! - [8/9] **the whole pipeline** ([`pipeline`]): ingest, the normalizer, the
+//! - [8/10] **the whole pipeline** ([`pipeline`]): ingest, the normalizer, the
 //!   crm-writer and the email-writer, release binaries on one namespace,
 //!   writing to the sandbox (HubSpot without a quota, Mailchimp at its 10
 //!   connections per key); `lead.created` and `customer.converted` events
 //!   posted one per request. (a) Its peak, closed loop: events/s from the
 //!   first 202 to the last event done at both destinations, beside the relay
-//!   ceiling [4/9] (run for it when no other part did; aim ≥ 20%); (b) half
+//!   ceiling [4/10] (run for it when no other part did; aim ≥ 20%); (b) half
 //!   that rate, open loop for `--pipeline-seconds`: p50/p99 from the 202 to
 //!   both destinations done, read from each event's ledger (aim p99 < 250
 //!   ms); peak RSS of every service (aim < 64 MiB).
 //!
 //! Part `dead-letters` (`--only dead-letters`):
 //!
-//! - [9/9] **the dead-letter handler** ([`dead_letters`]): the release
+//! - [9/10] **the dead-letter handler** ([`dead_letters`]): the release
 //!   `handoff-dlq serve` parking `--dead-letters` (50,000) realistic
 //!   `DeadLetter` records published to its dead-letter exchange (dead letters
 //!   parked per second, its CPU and peak RSS); list, filter, group and stats
 //!   latency over them through its API (p50 and max, aim < 1 s each); and the
 //!   replay rate it achieves against the configured one (200/s and 50/s).
 //!
+//! Part `replay-pacing` (`--only replay-pacing`):
+//!
+//! - [10/10] **a replay beside live traffic** ([`replay_pacing`]):
+//!   `--pacing-dead-letters` (5,000) crm-writer dead letters replayed to the
+//!   end by the handler at its default pacing, beside live events at
+//!   `--pacing-live-rate` (4/s), into the sandbox enforcing HubSpot's 100
+//!   requests per 10 s through the crm-writer at its default pacing: the
+//!   busiest rolling 10 s against the quota, the 429s, the replay's rate
+//!   against its plan and the live events' latency (about 17 minutes: the
+//!   replay runs at half of HubSpot's budget, 5/s).
+//!
 //! It prints events/s, p50/p99 latency and each service's ratio to its
 //! ceiling with the target beside it, then the CPU every process burned
 //! ([`procs`]), the services' peak memory, the queue checks, the
-//! normalization cost, the crm-writer's use of the quota and the dead-letter
-//! handler's figures. It never fails on
+//! normalization cost, the crm-writer's use of the quota, the dead-letter
+//! handler's figures and the paced replay's. It never fails on
 //! a figure; it exits non-zero when something is actually wrong: a service
 //! does not start, a request or publish is refused, or a queue does not hold
 //! exactly what was acknowledged (ingest's stage queue; both writer queues
@@ -76,12 +87,14 @@
 //! both writers in its ledger, one contact and one Mailchimp member per event
 //! and nothing created twice, every queue empty, nothing dead-lettered; for the
 //! dead-letter handler, every record parked once, every query's total as
-//! published, every replay job done with all of its group sent).
+//! published, every replay job done with all of its group sent; for the
+//! paced replay, HubSpot's quota never exceeded and nothing answered 429,
+//! every replayed and live event delivered and each contact created once).
 //!
 //! Run it with `make bench`, or after `cargo build --release --bins`:
 //! `cargo run --release -p handoff-bench -- --events 5000 --concurrency 32`,
 //! or only one part while iterating on it: `… -- --only normalizer,normalize`
-//! or `… -- --only pipeline` or `… -- --only dead-letters`
+//! or `… -- --only pipeline` or `… -- --only dead-letters` or `… -- --only replay-pacing`
 //! (`--help` lists the flags and their `HANDOFF_BENCH_*` variables). It needs
 //! the local RabbitMQ and Redis (`HANDOFF_TEST_AMQP_URL` / `HANDOFF_TEST_REDIS_URL`
 //! point elsewhere) and leaves nothing behind in either, Ctrl-C included.
@@ -103,6 +116,7 @@ mod procs;
 mod prometheus;
 mod queues;
 mod relay;
+mod replay_pacing;
 mod report;
 mod service;
 
@@ -223,7 +237,7 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
     };
     let costs = if parts.normalize {
         println!(
-            "\n[6/9] pure normalization cost: handoff_normalize in-process, {} calls per body \
+            "\n[6/10] pure normalization cost: handoff_normalize in-process, {} calls per body \
              after warm-up…",
             thousands(opts.iterations as u64)
         );
@@ -271,11 +285,25 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
 
     let dead_letters = if parts.dead_letters {
         println!(
-            "\n[9/9] the dead-letter handler: {} DeadLetter records parked through its queue, \
+            "\n[9/10] the dead-letter handler: {} DeadLetter records parked through its queue, \
              then queries and replays through its API…",
             thousands(opts.dead_letters as u64)
         );
         let run = dead_letters::run(opts, &run_id, &mut watched, interrupted).await?;
+        problems.extend(run.problems.iter().cloned());
+        Some(run)
+    } else {
+        None
+    };
+
+    let pacing = if parts.replay_pacing {
+        println!(
+            "\n[10/10] a replay of {} dead letters beside live traffic at {}/s, under HubSpot's \
+             quota, run to the end…",
+            thousands(opts.pacing_dead_letters as u64),
+            opts.pacing_live_rate,
+        );
+        let run = replay_pacing::run(opts, &run_id, &mut watched, interrupted).await?;
         problems.extend(run.problems.iter().cloned());
         Some(run)
     } else {
@@ -294,9 +322,12 @@ async fn run(opts: &Options, interrupted: &CancellationToken) -> anyhow::Result<
     if let Some(run) = &dead_letters {
         print!("{}", dead_letters::report(run));
     }
+    if let Some(run) = &pacing {
+        print!("{}", replay_pacing::report(run));
+    }
     println!(
         "cleanup: services stopped with SIGTERM, namespaces \
-         bench-{run_id}[-broker|-relay|-normalizer|-delivery|-quota|-pipeline|-dlq] torn down, \
+         bench-{run_id}[-broker|-relay|-normalizer|-delivery|-quota|-pipeline|-dlq|-pacing] torn down, \
          their Redis keys deleted; whole run {:.0} s",
         started.elapsed().as_secs_f64()
     );
@@ -309,7 +340,7 @@ struct IngestPart {
     runs: IngestRuns,
 }
 
-/// [1/9]–[3/9]: the bare-broker ceiling, then ingest's single and batch endpoints.
+/// [1/10]–[3/10]: the bare-broker ceiling, then ingest's single and batch endpoints.
 async fn ingest_part(
     opts: &Options,
     run_id: &str,
@@ -317,7 +348,7 @@ async fn ingest_part(
     interrupted: &CancellationToken,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<IngestPart> {
-    println!("\n[1/9] bare broker: lapin publisher with confirms, no ingest…");
+    println!("\n[1/10] bare broker: lapin publisher with confirms, no ingest…");
     let ceiling = ceiling::run(opts, run_id, watched, interrupted).await?;
     println!(
         "      {} msg/s over {} confirm channels; envelope {} bytes; queue holds {} of {} \
@@ -338,7 +369,7 @@ async fn ingest_part(
 
     let namespace = format!("bench-{run_id}");
     println!(
-        "\n[2/9] starting {} (namespace {namespace})…",
+        "\n[2/10] starting {} (namespace {namespace})…",
         opts.ingest_bin.display()
     );
     let mut ingest = Ingest::spawn(&opts.ingest_bin, &namespace)?;
@@ -379,7 +410,7 @@ struct NormalizerPart {
     service: NormalizerRun,
 }
 
-/// [4/9] and [5/9]: the relay ceiling, then the normalizer service on the same backlog.
+/// [4/10] and [5/10]: the relay ceiling, then the normalizer service on the same backlog.
 async fn normalizer_part(
     opts: &Options,
     run_id: &str,
@@ -390,7 +421,7 @@ async fn normalizer_part(
     let relay = relay_part(opts, run_id, watched, interrupted, problems).await?;
 
     println!(
-        "\n[5/9] normalizer service: {} raw envelopes preloaded into its queue, then the release \
+        "\n[5/10] normalizer service: {} raw envelopes preloaded into its queue, then the release \
          binary drains them…",
         thousands(opts.events as u64)
     );
@@ -412,7 +443,7 @@ async fn normalizer_part(
     Ok(NormalizerPart { relay, service })
 }
 
-/// [4/9]: the relay ceiling, the yardstick of the normalizer and the crm-writer.
+/// [4/10]: the relay ceiling, the yardstick of the normalizer and the crm-writer.
 async fn relay_part(
     opts: &Options,
     run_id: &str,
@@ -422,7 +453,7 @@ async fn relay_part(
 ) -> anyhow::Result<Relay> {
     let prefetch = BusConfig::default().prefetch;
     println!(
-        "\n[4/9] relay ceiling: lapin consumer (prefetch {prefetch}) → publish with confirm → ack, \
+        "\n[4/10] relay ceiling: lapin consumer (prefetch {prefetch}) → publish with confirm → ack, \
          no normalizer; draining {} preloaded raw envelopes…",
         thousands(opts.events as u64)
     );
@@ -452,8 +483,8 @@ struct DeliveryPart {
     quota: Quota,
 }
 
-/// [7/9]: the crm-writer without a quota beside the relay ceiling (measured here unless
-/// `relay` is the one [4/9] measured in this invocation), then under HubSpot's quota.
+/// [7/10]: the crm-writer without a quota beside the relay ceiling (measured here unless
+/// `relay` is the one [4/10] measured in this invocation), then under HubSpot's quota.
 async fn delivery_part(
     opts: &Options,
     run_id: &str,
@@ -466,7 +497,7 @@ async fn delivery_part(
         Some(_) => None,
         None => {
             println!(
-                "\n[7/9] crm-writer delivery is compared to the relay ceiling, which has not run \
+                "\n[7/10] crm-writer delivery is compared to the relay ceiling, which has not run \
                  in this invocation; running it first…"
             );
             Some(relay_part(opts, run_id, watched, interrupted, problems).await?)
@@ -477,7 +508,7 @@ async fn delivery_part(
         .map_or(0.0, |relay| relay.measured.events_per_second());
 
     println!(
-        "\n[7/9] (a) crm-writer delivery without a quota: {} canonical events preloaded into its \
+        "\n[7/10] (a) crm-writer delivery without a quota: {} canonical events preloaded into its \
          queue, then the release binary writes them to the sandbox CRM…",
         thousands(opts.events as u64)
     );
@@ -500,7 +531,7 @@ async fn delivery_part(
     problems.extend(throughput.problems.iter().cloned());
 
     println!(
-        "\n[7/9] (b) crm-writer under HubSpot's quota ({} requests per {} s), pacing {}…",
+        "\n[7/10] (b) crm-writer under HubSpot's quota ({} requests per {} s), pacing {}…",
         delivery::QUOTA_REQUESTS,
         delivery::QUOTA_WINDOW.as_secs(),
         delivery::pacing_label(opts.pacing_limit),
@@ -525,7 +556,7 @@ struct PipelinePart {
     run: Pipeline,
 }
 
-/// [8/9]: the whole pipeline end to end, beside the relay ceiling (measured here unless
+/// [8/10]: the whole pipeline end to end, beside the relay ceiling (measured here unless
 /// `relay` is one another part measured in this invocation).
 async fn pipeline_part(
     opts: &Options,
@@ -539,7 +570,7 @@ async fn pipeline_part(
         Some(_) => None,
         None => {
             println!(
-                "\n[8/9] the pipeline is compared to the relay ceiling, which has not run in this \
+                "\n[8/10] the pipeline is compared to the relay ceiling, which has not run in this \
                  invocation; running it first…"
             );
             Some(relay_part(opts, run_id, watched, interrupted, problems).await?)
@@ -549,7 +580,7 @@ async fn pipeline_part(
         .or(own_relay.as_ref())
         .map_or(0.0, |relay| relay.measured.events_per_second());
     println!(
-        "\n[8/9] the whole pipeline: ingest → normalizer → crm-writer{} → sandbox, release \
+        "\n[8/10] the whole pipeline: ingest → normalizer → crm-writer{} → sandbox, release \
          binaries; lead.created and customer.converted in turn, each for a person of its own…",
         if opts.no_email_writer {
             " (WITHOUT the email-writer: --no-email-writer)"
@@ -1074,7 +1105,7 @@ async fn ingest_scenarios(
     }
 
     println!(
-        "\n[3/9] {} concurrent batch requests of {} events → POST {batch_url}…",
+        "\n[3/10] {} concurrent batch requests of {} events → POST {batch_url}…",
         opts.batch_concurrency, opts.batch_size
     );
     let jobs = batch_jobs(run_id, 'b', opts.events, opts.batch_size);

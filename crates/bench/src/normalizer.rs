@@ -1,4 +1,4 @@
-//! The normalizer service under test ([5/9]): its real release binary in a
+//! The normalizer service under test ([5/10]): its real release binary in a
 //! child process ([`Service`]) with a throw-away configuration (a namespace
 //! of its own, a free admin port, JSON logs at `warn`, everything else its
 //! production defaults), draining a backlog.

@@ -16,29 +16,35 @@ usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size
                      [--batch-concurrency K] [--warmup W] [--max-seconds S]
                      [--iterations I] [--quota-seconds Q] [--pacing-limit L]
                      [--pipeline-events P] [--pipeline-seconds T] [--no-email-writer]
-                     [--dead-letters D] [--ingest-bin PATH] [--normalizer-bin PATH]
+                     [--dead-letters D] [--pacing-dead-letters R] [--pacing-live-rate V]
+                     [--ingest-bin PATH] [--normalizer-bin PATH]
                      [--crm-writer-bin PATH] [--email-writer-bin PATH]
                      [--sandbox-bin PATH] [--dlq-bin PATH]
 
   --only PARTS           comma-separated parts to run (default all; HANDOFF_BENCH_ONLY):
-                           ingest      [1-3/9] bare broker, ingest single, ingest batch
-                           normalizer  [4-5/9] relay ceiling, normalizer service
-                           normalize   [6/9]   pure normalization cost, in-process
-                           delivery    [7/9]   crm-writer into the sandbox CRM: throughput
-                                               without a quota (beside the relay ceiling,
-                                               run for it if normalizer is not), then
-                                               HubSpot's quota
-                           pipeline    [8/9]   the whole pipeline end to end: ingest →
-                                               normalizer → crm-writer + email-writer
-                                               into the sandbox, at its peak (closed
-                                               loop) and at half of it (open loop),
-                                               beside the relay ceiling (run for it if
-                                               neither normalizer nor delivery is)
+                           ingest      [1-3/10] bare broker, ingest single, ingest batch
+                           normalizer  [4-5/10] relay ceiling, normalizer service
+                           normalize   [6/10]   pure normalization cost, in-process
+                           delivery    [7/10]   crm-writer into the sandbox CRM: throughput
+                                                without a quota (beside the relay ceiling,
+                                                run for it if normalizer is not), then
+                                                HubSpot's quota
+                           pipeline    [8/10]   the whole pipeline end to end: ingest →
+                                                normalizer → crm-writer + email-writer
+                                                into the sandbox, at its peak (closed
+                                                loop) and at half of it (open loop),
+                                                beside the relay ceiling (run for it if
+                                                neither normalizer nor delivery is)
                            dead-letters
-                                       [9/9]   the dead-letter handler: parking rate of
-                                               --dead-letters records, list, filter, group
-                                               and stats latency over them through its
-                                               API, replay rate against the configured one
+                                       [9/10]   the dead-letter handler: parking rate of
+                                                --dead-letters records, list, filter, group
+                                                and stats latency over them through its
+                                                API, replay rate against the configured one
+                           replay-pacing
+                                       [10/10]  a replay of --pacing-dead-letters beside live
+                                                traffic, run to the end, under HubSpot's
+                                                quota (about 17 minutes at the default
+                                                5/s): the busiest 10 s, 429s, live latency
   --events N             events per scenario; for the relay, the normalizer and the
                          crm-writer, the backlog each drains (default 20000;
                          env HANDOFF_BENCH_EVENTS)
@@ -48,22 +54,27 @@ usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size
   --warmup W             single requests sent before measuring (default 1000; HANDOFF_BENCH_WARMUP)
   --max-seconds S        a scenario stops sending (measuring a drain) after S seconds
                          (default 15; HANDOFF_BENCH_MAX_SECONDS)
-  --iterations I         timed normalize calls per body in [6/9] (default 200000;
+  --iterations I         timed normalize calls per body in [6/10] (default 200000;
                          HANDOFF_BENCH_ITERATIONS)
-  --quota-seconds Q      how long [7/9] measures the crm-writer against HubSpot's quota
+  --quota-seconds Q      how long [7/10] measures the crm-writer against HubSpot's quota
                          (default 30; HANDOFF_BENCH_QUOTA_SECONDS)
   --pacing-limit L       the crm-writer's [hubspot.pacing] limit per 10 s under the quota
                          (default: the writer's own default; HANDOFF_BENCH_PACING_LIMIT)
-  --pipeline-events P    events [8/9] sends at its peak, closed loop at --concurrency
+  --pipeline-events P    events [8/10] sends at its peak, closed loop at --concurrency
                          (default 5000; HANDOFF_BENCH_PIPELINE_EVENTS)
-  --pipeline-seconds T   how long [8/9] sends open loop at half the peak's events/s
+  --pipeline-seconds T   how long [8/10] sends open loop at half the peak's events/s
                          (default 20; HANDOFF_BENCH_PIPELINE_SECONDS)
-  --no-email-writer      [8/9] without the email-writer: done is then the crm-writer's
+  --no-email-writer      [8/10] without the email-writer: done is then the crm-writer's
                          delivery alone, which is not the pipeline's figure (to see the
                          email-writer's share, or without its binary;
                          HANDOFF_BENCH_NO_EMAIL_WRITER=1)
-  --dead-letters D       dead letters [9/9] parks and queries, at least 1000 (default
+  --dead-letters D       dead letters [9/10] parks and queries, at least 1000 (default
                          50000; HANDOFF_BENCH_DEAD_LETTERS)
+  --pacing-dead-letters R
+                         dead letters [10/10] parks and replays beside live traffic
+                         (default 5000; HANDOFF_BENCH_PACING_DEAD_LETTERS)
+  --pacing-live-rate V   live events per second beside that replay (default 4;
+                         HANDOFF_BENCH_PACING_LIVE_RATE)
   --ingest-bin PATH      the ingest binary (default: handoff-ingest beside this binary;
                          HANDOFF_INGEST_BIN)
   --normalizer-bin PATH  the normalizer binary (default: handoff-normalizer beside this
@@ -93,6 +104,8 @@ pub struct Parts {
     pub pipeline: bool,
     /// The dead-letter handler: parking, queries over many parked dead letters, replay rate.
     pub dead_letters: bool,
+    /// A replay run to the end beside live traffic under HubSpot's quota.
+    pub replay_pacing: bool,
 }
 
 impl Parts {
@@ -103,6 +116,7 @@ impl Parts {
         delivery: true,
         pipeline: true,
         dead_letters: true,
+        replay_pacing: true,
     };
 
     const NONE: Parts = Parts {
@@ -112,6 +126,7 @@ impl Parts {
         delivery: false,
         pipeline: false,
         dead_letters: false,
+        replay_pacing: false,
     };
 
     fn parse(list: &str) -> anyhow::Result<Parts> {
@@ -124,10 +139,11 @@ impl Parts {
                 "delivery" => parts.delivery = true,
                 "pipeline" => parts.pipeline = true,
                 "dead-letters" => parts.dead_letters = true,
+                "replay-pacing" => parts.replay_pacing = true,
                 "all" => parts = Parts::ALL,
                 other => bail!(
                     "--only takes ingest, normalizer, normalize, delivery, pipeline, \
-                     dead-letters or all (comma-separated), not {other:?}"
+                     dead-letters, replay-pacing or all (comma-separated), not {other:?}"
                 ),
             }
         }
@@ -171,6 +187,10 @@ pub struct Options {
     pub no_email_writer: bool,
     /// Dead letters the dead-letter part parks before it queries and replays them.
     pub dead_letters: usize,
+    /// Dead letters the replay-pacing part parks and replays beside live traffic.
+    pub pacing_dead_letters: usize,
+    /// Live events per second beside that replay.
+    pub pacing_live_rate: f64,
     /// Which parts run.
     pub only: Parts,
     /// Path of the `handoff-ingest` binary.
@@ -211,6 +231,8 @@ impl Options {
         let mut pipeline_seconds = env("HANDOFF_BENCH_PIPELINE_SECONDS");
         let mut no_email_writer = env("HANDOFF_BENCH_NO_EMAIL_WRITER");
         let mut dead_letters = env("HANDOFF_BENCH_DEAD_LETTERS");
+        let mut pacing_dead_letters = env("HANDOFF_BENCH_PACING_DEAD_LETTERS");
+        let mut pacing_live_rate = env("HANDOFF_BENCH_PACING_LIVE_RATE");
         let mut only = env("HANDOFF_BENCH_ONLY");
         let mut ingest_bin = env("HANDOFF_INGEST_BIN");
         let mut normalizer_bin = env("HANDOFF_NORMALIZER_BIN");
@@ -246,6 +268,8 @@ impl Options {
                 "--pipeline-events" => &mut pipeline_events,
                 "--pipeline-seconds" => &mut pipeline_seconds,
                 "--dead-letters" => &mut dead_letters,
+                "--pacing-dead-letters" => &mut pacing_dead_letters,
+                "--pacing-live-rate" => &mut pacing_live_rate,
                 "--only" => &mut only,
                 "--ingest-bin" => &mut ingest_bin,
                 "--normalizer-bin" => &mut normalizer_bin,
@@ -289,6 +313,20 @@ impl Options {
         if dead_letters < MIN_DEAD_LETTERS {
             bail!("--dead-letters must be at least {MIN_DEAD_LETTERS}, not {dead_letters}");
         }
+        let pacing_dead_letters = number("--pacing-dead-letters", pacing_dead_letters, 5_000)?;
+        if pacing_dead_letters == 0 {
+            bail!("--pacing-dead-letters must be at least 1");
+        }
+        let pacing_live_rate = match pacing_live_rate {
+            None => 4.0,
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0 && *r <= 1000.0)
+                .with_context(|| {
+                    format!("--pacing-live-rate must be events per second in (0, 1000], not {v:?}")
+                })?,
+        };
         let no_email_writer = match no_email_writer.as_deref() {
             None | Some("0" | "false" | "no") => false,
             Some("1" | "true" | "yes") => true,
@@ -355,6 +393,8 @@ impl Options {
             pipeline_duration: Duration::from_secs(pipeline_seconds as u64),
             no_email_writer,
             dead_letters,
+            pacing_dead_letters,
+            pacing_live_rate,
             only,
             ingest_bin,
             normalizer_bin,
@@ -446,7 +486,30 @@ mod tests {
                 ..Parts::NONE
             }
         );
+        assert_eq!(
+            parse(&["--only=replay-pacing"]).only,
+            Parts {
+                replay_pacing: true,
+                ..Parts::NONE
+            }
+        );
         assert_eq!(parse(&["--only=all"]).only, Parts::ALL);
+    }
+
+    #[test]
+    fn the_replay_pacing_options_parse() {
+        let o = parse(&[]);
+        assert_eq!((o.pacing_dead_letters, o.pacing_live_rate), (5_000, 4.0));
+        let o = parse(&["--pacing-dead-letters=500", "--pacing-live-rate", "2.5"]);
+        assert_eq!((o.pacing_dead_letters, o.pacing_live_rate), (500, 2.5));
+        for bad in [
+            ["--pacing-live-rate", "0"],
+            ["--pacing-live-rate", "fast"],
+            ["--pacing-dead-letters", "0"],
+        ] {
+            let args = bad.iter().map(|a| (*a).to_owned());
+            assert!(Options::parse(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

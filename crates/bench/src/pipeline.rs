@@ -1,4 +1,4 @@
-//! The whole pipeline end to end ([8/9]): every service's real release
+//! The whole pipeline end to end ([8/10]): every service's real release
 //! binary in a child process ([`Service`]) on one namespace of its own —
 //! `handoff-ingest` (one publisher key, its rate limit out of the way),
 //! `handoff-normalizer`, `handoff-crm-writer` and `handoff-email-writer`
@@ -31,7 +31,7 @@
 //!    takes them far faster than the rest can carry them, so they queue in the
 //!    broker and the figure is what the pipeline drains: events/s = events done
 //!    over the window from the first 202 to the last event done; beside it the
-//!    relay ceiling [4/9].
+//!    relay ceiling [4/10].
 //! 3. **Half the peak**, open loop: 50% of the peak's events/s for
 //!    `--pipeline-seconds`, each request sent when due whether earlier ones
 //!    were answered or not ([`load::open_loop`]): the latency a publisher sees at

@@ -1,4 +1,4 @@
-//! The relay ceiling ([4/9]): what RabbitMQ alone allows a consume → publish
+//! The relay ceiling ([4/10]): what RabbitMQ alone allows a consume → publish
 //! with confirm → ack stage on this machine, as the yardstick for the
 //! normalizer.
 //!
