@@ -29,6 +29,7 @@ use crate::measure::{Failures, Latencies, Measured};
 use crate::options::Options;
 use crate::payload;
 use crate::procs::Watched;
+use crate::service::Service;
 
 /// What the ceiling scenario found.
 #[derive(Debug)]
@@ -50,15 +51,55 @@ pub async fn run(
     watched: &Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Ceiling> {
-    let (bus, stop) = scenario_bus(&format!("bench-{run_id}-broker"));
-    let result = measure(opts, run_id, watched, &bus, interrupted).await;
+    in_namespace(
+        &format!("bench-{run_id}-broker"),
+        async |bus, _: &mut ()| measure(opts, run_id, watched, bus, interrupted).await,
+    )
+    .await
+}
+
+/// What a part still has running when it ends early: stopped before its namespace goes.
+pub trait Leftovers: Default {
+    /// Stops whatever is still running. Only after an error does anything remain: a part
+    /// stops its processes itself before its checks.
+    async fn stop_all(&mut self);
+}
+
+/// A part without child processes.
+impl Leftovers for () {
+    async fn stop_all(&mut self) {}
+}
+
+/// A part with one service.
+impl Leftovers for Option<Service> {
+    async fn stop_all(&mut self) {
+        if let Some(service) = self.take() {
+            let _ = service.stop(LEFTOVER_STOP_WITHIN).await;
+        }
+    }
+}
+
+/// SIGTERM to exit for a process left running by a part that failed.
+pub const LEFTOVER_STOP_WITHIN: Duration = Duration::from_secs(15);
+
+/// Runs a part's `body` in a namespace of its own: a bus that declared the v1 topology there
+/// and the part's [`Leftovers`]. Afterwards, whatever happened, it stops what is still
+/// running, then removes the namespace's queues and exchanges and its Redis keys.
+pub async fn in_namespace<L: Leftovers, T>(
+    namespace: &str,
+    body: impl AsyncFnOnce(&Bus, &mut L) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let (bus, stop) = scenario_bus(namespace);
+    let mut leftovers = L::default();
+    let result = body(&bus, &mut leftovers).await;
+    leftovers.stop_all().await;
     remove_scenario_bus(&bus, stop).await;
+    handoff_test_support::cleanup_redis(namespace).await;
     result
 }
 
-/// A bus declaring the v1 topology in a scenario's own `namespace`; pair it with
-/// [`remove_scenario_bus`] whatever the scenario's outcome.
-pub fn scenario_bus(namespace: &str) -> (Bus, CancellationToken) {
+/// A bus declaring the v1 topology in a scenario's own `namespace`.
+fn scenario_bus(namespace: &str) -> (Bus, CancellationToken) {
     let stop = CancellationToken::new();
     let bus = Bus::start(
         BusConfig {
@@ -72,7 +113,7 @@ pub fn scenario_bus(namespace: &str) -> (Bus, CancellationToken) {
 }
 
 /// Deletes the scenario's queues and exchanges and closes its bus.
-pub async fn remove_scenario_bus(bus: &Bus, stop: CancellationToken) {
+async fn remove_scenario_bus(bus: &Bus, stop: CancellationToken) {
     if let Err(err) = bus.teardown().await {
         let namespace = bus.topology().namespace();
         eprintln!("handoff-bench: could not remove namespace {namespace}: {err}");

@@ -72,7 +72,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use crate::ceiling::{self, Backlog, Target};
+use crate::ceiling::{self, Backlog, Leftovers, Target};
 use crate::measure::{Latencies, Measured};
 use crate::options::Options;
 use crate::payload;
@@ -255,9 +255,9 @@ struct Processes {
     writer: Option<Service>,
 }
 
-impl Processes {
+impl Leftovers for Processes {
     /// Stops both (only on an error: each part stops them itself before its checks).
-    async fn stop(&mut self) {
+    async fn stop_all(&mut self) {
         if let Some(writer) = self.writer.take() {
             let _ = writer.stop(STOP_WITHIN).await;
         }
@@ -275,30 +275,28 @@ pub async fn throughput(
     watched: &mut Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Throughput> {
-    let namespace = format!("bench-{run_id}-delivery");
-    let (bus, stop) = ceiling::scenario_bus(&namespace);
-    let mut processes = Processes::default();
-    let result = async {
-        let connection = connect(&bus).await?;
-        let result = drain(
-            opts,
-            run_id,
-            watched,
-            bus.topology(),
-            &connection,
-            &mut processes,
-            interrupted,
-        )
-        .await;
-        let _ = connection.close(200, "bench done".into()).await;
-        result
-    }
+    let result = ceiling::in_namespace(
+        &format!("bench-{run_id}-delivery"),
+        async |bus, processes: &mut Processes| {
+            let connection = connect(bus).await?;
+            let topology = bus.topology();
+            let result = drain(
+                opts,
+                run_id,
+                watched,
+                topology,
+                &connection,
+                processes,
+                interrupted,
+            )
+            .await;
+            let _ = connection.close(200, "bench done".into()).await;
+            result
+        },
+    )
     .await;
-    processes.stop().await;
     watched.crm_writer = None;
     watched.sandbox = None;
-    ceiling::remove_scenario_bus(&bus, stop).await;
-    handoff_test_support::cleanup_redis(&namespace).await;
     result
 }
 
@@ -308,28 +306,24 @@ pub async fn quota(
     run_id: &str,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Quota> {
-    let namespace = format!("bench-{run_id}-quota");
-    let (bus, stop) = ceiling::scenario_bus(&namespace);
-    let mut processes = Processes::default();
-    let result = async {
-        let connection = connect(&bus).await?;
-        let result = paced(
-            opts,
-            run_id,
-            bus.topology(),
-            &connection,
-            &mut processes,
-            interrupted,
-        )
-        .await;
-        let _ = connection.close(200, "bench done".into()).await;
-        result
-    }
-    .await;
-    processes.stop().await;
-    ceiling::remove_scenario_bus(&bus, stop).await;
-    handoff_test_support::cleanup_redis(&namespace).await;
-    result
+    ceiling::in_namespace(
+        &format!("bench-{run_id}-quota"),
+        async |bus, processes: &mut Processes| {
+            let connection = connect(bus).await?;
+            let result = paced(
+                opts,
+                run_id,
+                bus.topology(),
+                &connection,
+                processes,
+                interrupted,
+            )
+            .await;
+            let _ = connection.close(200, "bench done".into()).await;
+            result
+        },
+    )
+    .await
 }
 
 /// Waits for the scenario's topology, then opens the bench's own connection.

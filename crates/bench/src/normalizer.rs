@@ -80,17 +80,14 @@ pub async fn run(
     watched: &mut Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<NormalizerRun> {
-    let namespace = format!("bench-{run_id}-normalizer");
-    let (bus, stop) = ceiling::scenario_bus(&namespace);
-    let mut service = None;
-    let result = scenario(opts, run_id, watched, &bus, &mut service, interrupted).await;
-    if let Some(service) = service.take() {
-        // Only on an error above; the scenario stops it itself before the queue check.
-        let _ = service.stop(Duration::from_secs(15)).await;
-    }
+    let result = ceiling::in_namespace(
+        &format!("bench-{run_id}-normalizer"),
+        async |bus, service: &mut Option<Service>| {
+            scenario(opts, run_id, watched, bus, service, interrupted).await
+        },
+    )
+    .await;
     watched.normalizer = None;
-    ceiling::remove_scenario_bus(&bus, stop).await;
-    handoff_test_support::cleanup_redis(&namespace).await;
     result
 }
 

@@ -74,7 +74,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use crate::ceiling;
+use crate::ceiling::{self, Leftovers};
 use crate::delivery::{self, MAILCHIMP_KEY, MAILCHIMP_LIST, Pacing, SandboxApi, SandboxQuota};
 use crate::ingest::Ingest;
 use crate::load::{self, Endpoint, Job, LoadResult, Plan};
@@ -258,6 +258,16 @@ impl Stack {
     }
 }
 
+impl Leftovers for Stack {
+    /// Only after an error: the scenario stops everything itself before its checks.
+    async fn stop_all(&mut self) {
+        self.stop(&mut Vec::new()).await;
+        if let Some(sandbox) = self.sandbox.take() {
+            let _ = sandbox.stop(STOP_WITHIN).await;
+        }
+    }
+}
+
 /// Runs the part in a namespace of its own; the processes are stopped and the namespace and
 /// its Redis keys removed afterwards whatever happens.
 pub async fn run(
@@ -266,23 +276,18 @@ pub async fn run(
     watched: &mut Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Pipeline> {
-    let namespace = format!("bench-{run_id}-pipeline");
-    let (bus, stop) = ceiling::scenario_bus(&namespace);
-    let mut stack = Stack::default();
-    let result = scenario(opts, run_id, watched, &bus, &mut stack, interrupted).await;
-    // Only on an error above; the scenario stops everything itself before its checks.
-    let mut ignored = Vec::new();
-    stack.stop(&mut ignored).await;
-    if let Some(sandbox) = stack.sandbox.take() {
-        let _ = sandbox.stop(STOP_WITHIN).await;
-    }
+    let result = ceiling::in_namespace(
+        &format!("bench-{run_id}-pipeline"),
+        async |bus, stack: &mut Stack| {
+            scenario(opts, run_id, watched, bus, stack, interrupted).await
+        },
+    )
+    .await;
     watched.ingest = None;
     watched.normalizer = None;
     watched.crm_writer = None;
     watched.email_writer = None;
     watched.sandbox = None;
-    ceiling::remove_scenario_bus(&bus, stop).await;
-    handoff_test_support::cleanup_redis(&namespace).await;
     result
 }
 

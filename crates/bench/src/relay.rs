@@ -62,10 +62,10 @@ pub async fn run(
     watched: &Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Relay> {
-    let (bus, stop) = ceiling::scenario_bus(&format!("bench-{run_id}-relay"));
-    let result = measure(opts, run_id, watched, &bus, interrupted).await;
-    ceiling::remove_scenario_bus(&bus, stop).await;
-    result
+    ceiling::in_namespace(&format!("bench-{run_id}-relay"), async |bus, _: &mut ()| {
+        measure(opts, run_id, watched, bus, interrupted).await
+    })
+    .await
 }
 
 async fn measure(

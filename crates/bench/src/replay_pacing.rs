@@ -59,7 +59,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use crate::ceiling;
+use crate::ceiling::{self, Leftovers};
 use crate::dead_letters::{self, Api, ReplaySettings};
 use crate::delivery::{
     self, CrmCounts, Pacing, QUOTA_REQUESTS, QUOTA_WINDOW, SandboxApi, SandboxQuota,
@@ -84,8 +84,6 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(120);
 /// How often the job is polled, and how often its progress is printed.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 const PRINT_EVERY: Duration = Duration::from_secs(60);
-/// SIGTERM to exit, for every process here.
-const STOP_WITHIN: Duration = Duration::from_secs(15);
 /// The error each of the parked dead letters' three attempts met.
 const OUTAGE_ERROR: &str = "contact.upsert: HTTP 503 SERVICE_UNAVAILABLE: Service Unavailable";
 
@@ -140,6 +138,12 @@ struct Processes {
     handler: Option<Service>,
 }
 
+impl Leftovers for Processes {
+    async fn stop_all(&mut self) {
+        self.stop(&mut Vec::new()).await;
+    }
+}
+
 impl Processes {
     fn check_alive(&mut self) -> anyhow::Result<()> {
         for service in [&mut self.sandbox, &mut self.writer, &mut self.handler]
@@ -173,22 +177,16 @@ pub async fn run(
     watched: &mut Watched,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<PacingRun> {
-    let namespace = format!("bench-{run_id}-pacing");
-    let (bus, stop) = ceiling::scenario_bus(&namespace);
-    let mut processes = Processes::default();
-    let result = scenario(opts, run_id, watched, &bus, &mut processes, interrupted).await;
-    for service in [processes.handler, processes.writer, processes.sandbox]
-        .into_iter()
-        .flatten()
-    {
-        // Only on an error above; the scenario stops them itself.
-        let _ = service.stop(STOP_WITHIN).await;
-    }
+    let result = ceiling::in_namespace(
+        &format!("bench-{run_id}-pacing"),
+        async |bus, processes: &mut Processes| {
+            scenario(opts, run_id, watched, bus, processes, interrupted).await
+        },
+    )
+    .await;
     watched.dead_letters = None;
     watched.crm_writer = None;
     watched.sandbox = None;
-    ceiling::remove_scenario_bus(&bus, stop).await;
-    handoff_test_support::cleanup_redis(&namespace).await;
     result
 }
 
