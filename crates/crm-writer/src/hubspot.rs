@@ -84,6 +84,11 @@ impl HubSpot {
                 .map(String::as_str)
                 .filter(|f| *f != upsert.key.id_property)
                 .collect();
+            // Admission and write in one turn per record, so they land in admission order.
+            let _turn = self
+                .stale
+                .lock_record(DESTINATION, &upsert.key.guard_key())
+                .await;
             let admission = self
                 .stale
                 .admit_fields(

@@ -18,8 +18,15 @@
 //! that then fails permanently (and is dead-lettered) still holds the mark, so an older event is
 //! skipped even though the newer one never landed: replaying the dead letter (which has the newer
 //! `occurred_at`) is what repairs the record.
+//!
+//! Admission is not the write: an older update admitted first could still land after a newer
+//! one admitted later (its request slower, or waiting on pacing). [`StaleGuard::lock_record`]
+//! closes that window within a writer process: it holds one record's admission and write in
+//! turn, so the destination sees a record's updates in the order they were admitted. Two
+//! replicas writing the same record at the same moment can still land out of order.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use handoff_idempotency::StoreError;
@@ -117,9 +124,52 @@ pub struct StaleGuard {
     redis: RedisHandle,
     namespace: String,
     ttl_ms: i64,
+    records: RecordLocks,
+}
+
+/// The records being written by this process, each behind its own lock; an entry goes once
+/// nobody holds or waits for its lock.
+#[derive(Debug, Clone, Default)]
+struct RecordLocks(Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>);
+
+/// Entries kept before the map is swept of unused ones: far more records than a writer's
+/// prefetch has in flight, so a sweep is rare and short.
+const RECORD_LOCKS_SWEEP_AT: usize = 4096;
+
+/// One record's turn to be admitted and written: hold it until the destination answered.
+#[derive(Debug)]
+pub struct RecordTurn {
+    _held: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl StaleGuard {
+    /// Waits for `record_key`'s turn at `destination` in this process (see the module doc):
+    /// take it before [`StaleGuard::admit_fields`] and keep it until the write is answered.
+    pub async fn lock_record(&self, destination: &str, record_key: &str) -> RecordTurn {
+        let lock = {
+            let mut map = self
+                .records
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if map.len() >= RECORD_LOCKS_SWEEP_AT {
+                map.retain(|_, lock| lock.strong_count() > 0);
+            }
+            let key = format!("{destination}:{record_key}");
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        RecordTurn {
+            _held: lock.lock_owned().await,
+        }
+    }
+
     /// A guard whose keys start with `"{namespace}:stale:"`, talking to Redis through `redis`
     /// (which may be shared with other components). Does no I/O.
     pub fn new(redis: RedisHandle, namespace: &str, cfg: &StaleConfig) -> StaleGuard {
@@ -130,6 +180,7 @@ impl StaleGuard {
             ttl_ms: i64::try_from(cfg.ttl.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1),
+            records: RecordLocks::default(),
         }
     }
 

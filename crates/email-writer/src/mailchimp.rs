@@ -144,6 +144,14 @@ impl Mailchimp {
         plan: &MemberPlan,
         facts: WriteFacts<'_>,
     ) -> Result<Applied, ApplyError> {
+        // Admission and the member's write in one turn, so they land in admission order.
+        let turn = self
+            .stale
+            .lock_record(
+                DESTINATION,
+                &plan::guard_key(&self.list_id, &plan.subscriber_hash),
+            )
+            .await;
         let Admitted {
             write: merge_fields,
             owned: owned_fields,
@@ -168,6 +176,7 @@ impl Mailchimp {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        drop(turn);
 
         if !plan.tags.is_empty() {
             let request = ApiRequest::new(Method::POST, format!("{path}/tags"), "member.tags")

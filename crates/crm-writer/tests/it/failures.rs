@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use handoff_events::v1::canonical_payload::Event;
 use handoff_events::v1::{Contact, ContactUpdated, ErrorClass};
-use handoff_sandbox::faults::{ErrorRate, FaultConfig, Outage, Storm, Timeout, TimeoutMode};
+use handoff_sandbox::faults::{
+    ErrorRate, FaultConfig, Latency, Outage, Storm, Timeout, TimeoutMode,
+};
 use handoff_sandbox::hubspot::ObjectType;
 
 use crate::helpers::{World, envelope, record};
@@ -342,6 +344,68 @@ async fn an_older_event_after_a_newer_one_does_not_roll_fields_back() {
     assert_eq!(
         contact.get("jobtitle").cloned().flatten().as_deref(),
         Some("Director")
+    );
+    world.finish().await;
+}
+
+/// An older update admitted first must not land after a newer one admitted while its request
+/// was on its way. Twenty contacts each get an older and a newer update back to back, handled
+/// concurrently, with HubSpot answering after 0–150 ms at random: without each record's
+/// admission and write taking one turn, about half of the older writes land last (the e2e
+/// pipeline test caught one in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_update_admitted_first_never_lands_after_a_newer_one() {
+    let world = World::start().await;
+    world.sandbox.set_faults(FaultConfig {
+        seed: Some(7),
+        latency: Some(Latency {
+            jitter: Duration::from_millis(150),
+            ..Latency::default()
+        }),
+        ..FaultConfig::default()
+    });
+    let n = 20;
+    for i in 0..n {
+        let email = format!("race{i}@example.com");
+        world
+            .publish(&contact_updated(
+                &format!("race-older-{i}"),
+                T0 + 50,
+                &email,
+                "Intern",
+            ))
+            .await;
+        world
+            .publish(&contact_updated(
+                &format!("race-newer-{i}"),
+                T0 + 100,
+                &email,
+                "Director",
+            ))
+            .await;
+    }
+    for i in 0..n {
+        for which in ["older", "newer"] {
+            world
+                .wait_ledger(
+                    &format!("race-{which}-{i}"),
+                    "delivered",
+                    Duration::from_secs(30),
+                )
+                .await;
+        }
+    }
+    let rolled_back: Vec<String> = (0..n)
+        .map(|i| format!("race{i}@example.com"))
+        .filter(|email| {
+            let contact =
+                record(&world.sandbox, ObjectType::Contacts, "email", email).expect("contact");
+            contact.get("jobtitle").cloned().flatten().as_deref() != Some("Director")
+        })
+        .collect();
+    assert!(
+        rolled_back.is_empty(),
+        "rolled back to the older title: {rolled_back:?}"
     );
     world.finish().await;
 }
