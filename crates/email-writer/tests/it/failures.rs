@@ -8,7 +8,7 @@ use handoff_events::v1::{
     Company, Contact, ContactUpdated, CustomerConverted, Envelope, ErrorClass, LeadCreated,
     Payment, PaymentFailed, Subscription,
 };
-use handoff_sandbox::faults::{ErrorRate, FaultConfig, Storm};
+use handoff_sandbox::faults::{ErrorRate, FaultConfig, Latency, Storm};
 
 use crate::helpers::{World, envelope, merge};
 
@@ -237,6 +237,61 @@ async fn an_older_event_does_not_roll_merge_fields_back() {
     let member = world.member(email);
     assert_eq!(merge(&member, "FNAME").as_deref(), Some("Newer"));
     assert_eq!(merge(&member, "LNAME").as_deref(), Some("Family"));
+    world.finish().await;
+}
+
+/// An older update admitted first must not land after a newer one admitted while its request
+/// was on its way: twenty members each get an older and a newer update back to back, handled
+/// concurrently, with Mailchimp answering after 0–150 ms at random. Without the member's
+/// admission and write taking one turn, older names land last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_update_admitted_first_never_lands_after_a_newer_one() {
+    let world = World::start().await;
+    world.sandbox.set_faults(FaultConfig {
+        seed: Some(7),
+        latency: Some(Latency {
+            jitter: Duration::from_millis(150),
+            ..Latency::default()
+        }),
+        ..FaultConfig::default()
+    });
+    let n = 20;
+    for i in 0..n {
+        let email = format!("race{i}@example.com");
+        world
+            .publish(&contact_updated(
+                &format!("race-older-{i}"),
+                T0 + 50,
+                named(&email, "Older", "Family"),
+            ))
+            .await;
+        world
+            .publish(&contact_updated(
+                &format!("race-newer-{i}"),
+                T0 + 100,
+                named(&email, "Newer", "Family"),
+            ))
+            .await;
+    }
+    for i in 0..n {
+        for which in ["older", "newer"] {
+            world
+                .wait_ledger(
+                    &format!("race-{which}-{i}"),
+                    "delivered",
+                    Duration::from_secs(30),
+                )
+                .await;
+        }
+    }
+    let rolled_back: Vec<String> = (0..n)
+        .map(|i| format!("race{i}@example.com"))
+        .filter(|email| merge(&world.member(email), "FNAME").as_deref() != Some("Newer"))
+        .collect();
+    assert!(
+        rolled_back.is_empty(),
+        "rolled back to the older name: {rolled_back:?}"
+    );
     world.finish().await;
 }
 
