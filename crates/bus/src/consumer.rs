@@ -5,7 +5,8 @@
 //! unacked messages than that) and turns each outcome into broker operations, always
 //! confirming its own output before it acks the input:
 //!
-//! - [`Outcome::Ack`] becomes `basic.ack`.
+//! - [`Outcome::Ack`] becomes `basic.ack`, coalesced with the subscription's other
+//!   finished messages into one `multiple = true` ack where order allows ([`crate::acks`]).
 //! - [`Outcome::RetryLater`] sends a copy (same body and properties, attempt + 1,
 //!   retry history and `x-handoff-not-before` in headers) to one of the stage's delay
 //!   queues; it dead-letters back into the stage queue when its TTL expires. Past
@@ -32,9 +33,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use handoff_events::v1::{self, ErrorClass};
 use handoff_events::{Message, Timestamp};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use rand::Rng;
@@ -44,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::acks::Acks;
 use crate::headers::{self, AttemptRecord};
 use crate::topology::{pick_tier, short};
 use crate::{Bus, BusError, Headers, trace};
@@ -253,8 +253,12 @@ async fn consume<H: Handler>(
     let tag = format!("handoff-{tag_stage}-{:016x}", rand::rng().random::<u64>());
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut channel: Option<Channel> = None;
+    let mut acks: Option<Acks> = None;
 
     'subscribe: loop {
+        if let Some(old) = acks.take() {
+            old.close().await;
+        }
         if let Some(old) = channel.take() {
             // Unacked deliveries of handlers still running will fail to ack and be
             // redelivered; that is the at-least-once contract.
@@ -276,6 +280,7 @@ async fn consume<H: Handler>(
         };
         info!(queue = %queue, "Consuming.");
         channel = Some(ch.clone());
+        let subscription_acks = acks.insert(Acks::start(ch.clone())).clone();
         loop {
             tokio::select! {
                 biased;
@@ -294,11 +299,13 @@ async fn consume<H: Handler>(
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        subscription_acks.delivered(delivery.delivery_tag);
                         let ctx = TaskCtx {
                             bus: bus.clone(),
                             stage: stage.clone(),
                             queue: queue.clone(),
                             span_name: span_name.clone(),
+                            acks: subscription_acks.clone(),
                         };
                         tasks.spawn(process(ctx, handler.clone(), delivery));
                     }
@@ -328,6 +335,10 @@ async fn consume<H: Handler>(
     if drained.is_err() {
         warn!(queue = %queue, left = tasks.len(), ?grace, "Shutdown grace ran out; the broker will redeliver what was cut off.");
         tasks.shutdown().await;
+    }
+    if let Some(acks) = acks {
+        // What finished goes before the channel does; the rest is redelivered.
+        acks.close().await;
     }
     if let Some(ch) = channel {
         let _ = ch.close(200, "consumer stopped".into()).await;
@@ -368,6 +379,8 @@ struct TaskCtx {
     queue: Arc<str>,
     /// `"process {queue}"`, the consumer span's name, built once rather than per message.
     span_name: Arc<str>,
+    /// The subscription's acks, coalesced.
+    acks: Acks,
 }
 
 async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message::Delivery) {
@@ -422,7 +435,7 @@ async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message:
                     Ok(outcome) => settle(&ctx, &raw, &delivery, outcome).await,
                     Err(_) => {
                         warn!("The handler panicked; requeueing the message.");
-                        requeue(&raw).await;
+                        requeue(&ctx, &raw).await;
                         "panic"
                     }
                 }
@@ -447,7 +460,7 @@ async fn settle(
     outcome: Outcome,
 ) -> &'static str {
     let Some(stage) = ctx.stage.as_deref() else {
-        return settle_dead_letter_queue(raw, outcome).await;
+        return settle_dead_letter_queue(ctx, raw, outcome).await;
     };
     let cfg = ctx.bus.config();
     let outcome = match outcome {
@@ -462,7 +475,7 @@ async fn settle(
     };
     match outcome {
         Outcome::Ack => {
-            ack(raw).await;
+            ack(ctx, raw);
             debug!("Acked.");
             "ack"
         }
@@ -522,13 +535,13 @@ async fn settle(
                 .await
             {
                 Ok(()) => {
-                    ack(raw).await;
+                    ack(ctx, raw);
                     debug!(class = class.label(), "Dead-lettered.");
                     "dead_letter"
                 }
                 Err(err) => {
                     warn!(error = %err, "Could not publish the dead letter; requeueing.");
-                    requeue(raw).await;
+                    requeue(ctx, raw).await;
                     "requeue"
                 }
             }
@@ -548,11 +561,11 @@ async fn send_delayed(
     let Some(tier) = pick_tier(&ctx.bus.config().retry_delays, delay) else {
         // No delay tiers configured: immediate redelivery, bounded by the queue's
         // delivery limit.
-        requeue(raw).await;
+        requeue(ctx, raw).await;
         return false;
     };
     let Some(stage) = ctx.stage.as_deref() else {
-        requeue(raw).await;
+        requeue(ctx, raw).await;
         return false;
     };
     let delay_queue = ctx.bus.topology().delay_queue(stage, tier);
@@ -562,12 +575,12 @@ async fn send_delayed(
         .await
     {
         Ok(()) => {
-            ack(raw).await;
+            ack(ctx, raw);
             true
         }
         Err(err) => {
             warn!(error = %err, delay_queue, "Could not send a message to its delay queue; requeueing.");
-            requeue(raw).await;
+            requeue(ctx, raw).await;
             false
         }
     }
@@ -576,26 +589,25 @@ async fn send_delayed(
 /// The dead-letter queue's settlement: ack, or requeue anything else (there is nowhere
 /// else to send it).
 async fn settle_dead_letter_queue(
+    ctx: &TaskCtx,
     raw: &lapin::message::Delivery,
     outcome: Outcome,
 ) -> &'static str {
     if outcome == Outcome::Ack {
-        ack(raw).await;
+        ack(ctx, raw);
         return "ack";
     }
     debug!(?outcome, "Requeueing a dead letter.");
-    requeue(raw).await;
+    requeue(ctx, raw).await;
     "requeue"
 }
 
-async fn ack(raw: &lapin::message::Delivery) {
-    // Single ack (multiple = false): handlers finish out of order.
-    if let Err(err) = raw.acker.ack(BasicAckOptions::default()).await {
-        debug!(error = %err, "Ack failed; the broker will redeliver.");
-    }
+/// Acks through the subscription's coalescing acks (see [`crate::acks`]).
+fn ack(ctx: &TaskCtx, raw: &lapin::message::Delivery) {
+    ctx.acks.ack(raw.delivery_tag);
 }
 
-async fn requeue(raw: &lapin::message::Delivery) {
+async fn requeue(ctx: &TaskCtx, raw: &lapin::message::Delivery) {
     // requeue = true: back to the queue (counting towards the delivery limit) rather
     // than dropped or dead-lettered without a record.
     let options = BasicNackOptions {
@@ -605,6 +617,8 @@ async fn requeue(raw: &lapin::message::Delivery) {
     if let Err(err) = raw.acker.nack(options).await {
         debug!(error = %err, "Nack failed; the broker will redeliver.");
     }
+    // Only now: until the nack is out, no multiple ack may cover this tag.
+    ctx.acks.nacked(raw.delivery_tag);
 }
 
 fn unix(t: OffsetDateTime) -> u64 {

@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod acks;
 mod bus;
 pub mod consumer;
 mod headers;
