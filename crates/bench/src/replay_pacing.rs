@@ -339,7 +339,7 @@ async fn scenario(
     let arrivals = delivery::arrivals(&log)?;
     let mut times: Vec<OffsetDateTime> = arrivals.iter().map(|(at, _)| *at).collect();
     times.sort();
-    let busiest_window = busiest(&times, QUOTA_WINDOW) as u64;
+    let busiest_window = handoff_test_support::busiest_window(&times, QUOTA_WINDOW) as u64;
     let rejected = arrivals.iter().filter(|(_, s)| *s == Some(429)).count() as u64;
     let limiter_max_in_window = stats
         .pointer("/max_in_window")
@@ -674,19 +674,6 @@ fn outage_dead_letter(namespace: &str, run_id: &str, i: usize) -> OutgoingMessag
     }
 }
 
-/// The most of `times` (sorted) in any `per`-long window, each window ending at one of them.
-fn busiest(times: &[OffsetDateTime], per: Duration) -> usize {
-    let mut most = 0;
-    let mut start = 0;
-    for (end, t) in times.iter().enumerate() {
-        while (*t - times[start]).unsigned_abs() >= per {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
-}
-
 /// The part's section of the report.
 pub fn report(run: &PacingRun) -> String {
     let mut out = String::new();
@@ -778,23 +765,6 @@ fn millis(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(secs: f64) -> OffsetDateTime {
-        OffsetDateTime::UNIX_EPOCH + Duration::from_secs_f64(1_774_000_000.0 + secs)
-    }
-
-    #[test]
-    fn the_busiest_window_slides_over_every_request() {
-        let times: Vec<_> = [0.0, 1.0, 2.0, 9.9, 10.0, 10.5, 11.0, 25.0]
-            .into_iter()
-            .map(at)
-            .collect();
-        // [1.0, 11.0): 1.0, 2.0, 9.9, 10.0, 10.5 = 5; a window is half-open, so 0.0 and
-        // 10.0 never share one.
-        assert_eq!(busiest(&times, Duration::from_secs(10)), 5);
-        assert_eq!(busiest(&times, Duration::from_secs(1)), 3);
-        assert_eq!(busiest(&[], Duration::from_secs(10)), 0);
-    }
 
     #[test]
     fn a_parked_record_names_its_origin_and_carries_the_event() {

@@ -709,19 +709,6 @@ fn at(text: &str) -> time::OffsetDateTime {
         .unwrap_or_else(|err| panic!("{text:?} is not RFC 3339: {err}"))
 }
 
-/// The most requests in any `per`-long window ending at a request, over `times` (sorted).
-fn max_in_window(times: &[time::OffsetDateTime], per: Duration) -> usize {
-    let mut most = 0;
-    let mut start = 0;
-    for (end, t) in times.iter().enumerate() {
-        while (*t - times[start]).unsigned_abs() >= per {
-            start += 1;
-        }
-        most = most.max(end - start + 1);
-    }
-    most
-}
-
 /// A time-bounded version of "replaying 5,000 events against a 100 per 10 s quota never exceeds
 /// the quota together with live traffic": 5,000 crm-writer dead letters are parked and a replay
 /// of all of them is asked for at 200/s beside a steady stream of live events; the replay runs
@@ -929,7 +916,7 @@ async fn dead_letters_5000_replayed_for_25s_beside_live_traffic_keep_the_hubspot
         .map(|r| at(&r.at))
         .collect();
     times.sort();
-    let logged = max_in_window(&times, quota.per);
+    let logged = handoff_test_support::busiest_window(&times, quota.per);
     eprintln!("HubSpot: at most {admitted} admitted in 10 s (request log: {logged})");
     assert!(
         admitted <= u64::from(quota.requests) && logged <= quota.requests as usize,

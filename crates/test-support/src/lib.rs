@@ -18,6 +18,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+/// The most of `sorted` (arrival times, oldest first) in any `per`-long window ending at one
+/// of them: what a rolling quota such as HubSpot's 100 per 10 s counts. The e2e pacing test
+/// and the paced-replay bench both judge the sandbox's request log by it.
+pub fn busiest_window(sorted: &[time::OffsetDateTime], per: std::time::Duration) -> usize {
+    let mut most = 0;
+    let mut start = 0;
+    for (end, t) in sorted.iter().enumerate() {
+        while (*t - sorted[start]).unsigned_abs() >= per {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
 /// A fresh namespace such as `t3f9c0a1b2c4d`: unique per call, safe in queue names and Redis keys.
 pub fn namespace() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -268,6 +283,25 @@ impl Drop for TcpProxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(secs: f64) -> time::OffsetDateTime {
+        time::OffsetDateTime::UNIX_EPOCH
+            + std::time::Duration::from_secs_f64(1_774_000_000.0 + secs)
+    }
+
+    #[test]
+    fn the_busiest_window_slides_over_every_request() {
+        let times: Vec<_> = [0.0, 1.0, 2.0, 9.9, 10.0, 10.5, 11.0, 25.0]
+            .into_iter()
+            .map(at)
+            .collect();
+        let secs = std::time::Duration::from_secs;
+        // [1.0, 11.0): 1.0, 2.0, 9.9, 10.0, 10.5 = 5; a window is half-open, so 0.0 and
+        // 10.0 never share one.
+        assert_eq!(busiest_window(&times, secs(10)), 5);
+        assert_eq!(busiest_window(&times, secs(1)), 3);
+        assert_eq!(busiest_window(&[], secs(10)), 0);
+    }
 
     #[test]
     fn urls_are_rewritten_through_a_proxy() {
