@@ -2,18 +2,22 @@
 //! OpenTelemetry pipeline, and returns a [`TelemetryGuard`] that flushes spans when dropped.
 //!
 //! The subscriber has three parts:
-//! - an `EnvFilter` built from `RUST_LOG` (if set) or [`TelemetryConfig::log_filter`], which decides
+//! - a filter built from `RUST_LOG` (if set) or [`TelemetryConfig::log_filter`], which decides
 //!   which *events* are logged (the OpenTelemetry SDK's own messages are capped at `warn` unless the
 //!   directive names them). Spans at `INFO` and above are always kept, whatever the filter
 //!   says, so a `warn!` inside an `info_span!` still carries the span's `event_id`, and every
-//!   request still has a trace;
+//!   request still has a trace. A directive of targets and levels (the usual case) is one filter
+//!   for the whole subscriber, decided once per callsite; one that names spans or field values
+//!   gets an `EnvFilter` per layer, which checks every span entered and exited;
 //! - a formatting layer: JSON lines ([`json`]) in production, human-readable text otherwise;
 //! - the `tracing-opentelemetry` layer, always, backed by an SDK tracer provider (parent-based,
 //!   always-on sampler unless `OTEL_TRACES_SAMPLER` says otherwise) so spans have valid trace ids
 //!   even when nothing is exported. A batch OTLP/HTTP exporter is added only when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set and
 //!   `OTEL_SDK_DISABLED` is not `true`; the exporter reads the standard `OTEL_EXPORTER_OTLP_*`
-//!   variables itself (headers, timeout, compression).
+//!   variables itself (headers, timeout, compression). Entering a span does not activate its
+//!   OpenTelemetry context on the thread: nothing here reads `Context::current()`, and doing it on
+//!   every poll of every message cost CPU for nothing.
 //!
 //! The global text-map propagator is W3C Trace Context, which the bus uses to carry the trace in
 //! AMQP headers and ingest uses to read `traceparent` from HTTP requests.
@@ -30,7 +34,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::{Deserialize, Serialize};
 use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{FilterExt, filter_fn};
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::{Filter, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -125,40 +129,102 @@ pub fn init(
     cfg: &TelemetryConfig,
 ) -> Result<TelemetryGuard, TelemetryError> {
     let directive = env_nonempty("RUST_LOG").unwrap_or_else(|| cfg.log_filter.clone());
-    let log_filter = event_filter(&log_directive(&directive), &directive)?;
-    let otel_filter = event_filter(&otel_directive(&directive), &directive)?;
-
     let provider = tracer_provider(service, exporter_wanted())?;
-    let otel_layer = tracing_opentelemetry::layer()
+    let format = json::JsonLines::default();
+
+    match callsite_filter(&directive) {
+        Some(filter) => tracing_subscriber::registry()
+            .with(filter)
+            .with(otel_layer(&provider, service))
+            .with(format.dispatch_hook())
+            .with(fmt_layer(cfg.log_format, format))
+            .try_init()?,
+        None => {
+            // Span or field directives: decided per span at run time, each layer on its own.
+            let log_filter = event_filter(&log_directive(&directive), &directive)?;
+            let otel_filter = event_filter(&otel_directive(&directive), &directive)?;
+            let hook = format.dispatch_hook().boxed();
+            tracing_subscriber::registry()
+                .with(vec![
+                    otel_layer(&provider, service)
+                        .with_filter(otel_filter)
+                        .boxed(),
+                    hook,
+                    fmt_layer(cfg.log_format, format)
+                        .with_filter(log_filter)
+                        .boxed(),
+                ])
+                .try_init()?;
+        }
+    }
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(TelemetryGuard { provider })
+}
+
+/// The `tracing-opentelemetry` layer of a service.
+fn otel_layer<S>(provider: &SdkTracerProvider, service: &'static str) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(service))
         // Busy/idle timing reads the clock on every poll of every instrumented future, and
         // thread ids and names say nothing in an async service: both cost per message and
         // tell an SRE nothing that the span's own duration does not.
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(otel_filter)
-        .boxed();
+        // Activating the span's OpenTelemetry context on every entry (every poll of every
+        // instrumented future) is for other OpenTelemetry instrumentation reading
+        // `Context::current()`. There is none here: parents come from the span tree, the bus
+        // and ingest read `Span::context()`, and the JSON log lines ask the subscriber.
+        .with_context_activation(false)
+}
 
-    let fmt_layer = match cfg.log_format {
+/// The log lines' layer: JSON (`format`) or text.
+fn fmt_layer<S>(format: LogFormat, json: json::JsonLines) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .event_format(json::JsonLines::default())
+            .event_format(json)
             .fmt_fields(json::SpanFields::default())
             .with_writer(std::io::stdout)
-            .with_filter(log_filter)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stdout)
-            .with_filter(log_filter)
             .boxed(),
-    };
+    }
+}
 
-    tracing_subscriber::registry()
-        .with(vec![otel_layer, fmt_layer])
-        .try_init()?;
-
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    Ok(TelemetryGuard { provider })
+/// The usual case, a directive of targets and levels only (`info`, `info,handoff_bus=debug`): one
+/// filter for the whole subscriber, decided once per callsite. Spans at `INFO` and above pass,
+/// events as the directive says (the SDK's own capped at `warn`). `None` when the directive filters
+/// on spans or field values, which [`Targets`] cannot express: then each layer gets an
+/// `EnvFilter` ([`event_filter`]), which also tracks every span entered and exited, a cost on
+/// every poll of every message that the usual case does without.
+fn callsite_filter<S: tracing::Subscriber>(directive: &str) -> Option<impl Layer<S>> {
+    // `[...]` is how a directive names spans and fields. What `EnvFilter` rejects takes the
+    // other path too, to be reported from there (`Targets` is laxer).
+    if directive.contains('[') || EnvFilter::builder().parse(directive).is_err() {
+        return None;
+    }
+    let events: Targets = log_directive(directive).parse().ok()?;
+    let max_level = events
+        .default_level()
+        .into_iter()
+        .chain(events.iter().map(|(_, level)| level))
+        .chain([LevelFilter::INFO])
+        .max()
+        .unwrap_or(LevelFilter::INFO);
+    let filter = filter_fn(move |meta| {
+        (meta.is_span() && *meta.level() <= Level::INFO)
+            || events.would_enable(meta.target(), meta.level())
+    })
+    .with_max_level_hint(max_level);
+    Some(filter)
 }
 
 /// For tests: installs (once per process) the same OpenTelemetry layer without an exporter and text
@@ -180,8 +246,8 @@ pub fn init_for_tests() {
             return;
         };
         let provider = PROVIDER.get_or_init(|| provider);
-        let otel_layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("handoff-test"))
+        // The services' OpenTelemetry layer, so tests see what production does.
+        let otel_layer = otel_layer(provider, "handoff-test")
             .with_filter(otel_filter)
             .boxed();
         let fmt_layer = tracing_subscriber::fmt::layer()
@@ -216,8 +282,11 @@ fn log_directive(directive: &str) -> String {
     }
 }
 
-/// The directive for the OpenTelemetry layer: the SDK's own events are never turned into span
-/// events, so exporting can never feed back into what is exported.
+/// The directive for the OpenTelemetry layer when each layer filters on its own: the SDK's own
+/// events are never turned into span events. (With the one filter of the usual case the layer
+/// sees the SDK's warnings too; they could only become events of an application span, and the
+/// batch exporter runs on its own thread, outside any span, so exporting still cannot feed back
+/// into what is exported.)
 fn otel_directive(directive: &str) -> String {
     join_directives(directive, "opentelemetry=off")
 }
@@ -295,6 +364,77 @@ mod tests {
         );
         assert_eq!(log_directive(""), "opentelemetry=warn");
         assert_eq!(otel_directive("info"), "info,opentelemetry=off");
+    }
+
+    /// Counts the spans and events that get past the subscriber's filter.
+    #[derive(Clone, Default)]
+    struct Seen(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Seen {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let name = format!("span {}", attrs.metadata().name());
+            self.0.lock().unwrap().push(name);
+        }
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            let seen = format!("{} {}", meta.level(), meta.target());
+            self.0.lock().unwrap().push(seen);
+        }
+    }
+
+    #[test]
+    fn target_directives_filter_once_per_callsite_and_keep_info_spans() {
+        let seen = Seen::default();
+        let filter = callsite_filter("warn,chatty=debug").expect("targets and levels only");
+        let subscriber = tracing_subscriber::registry()
+            .with(filter)
+            .with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            let _span = tracing::info_span!("consume").entered();
+            tracing::debug_span!("detail").in_scope(|| {});
+            tracing::info!("dropped");
+            tracing::warn!("kept");
+            tracing::debug!(target: "chatty", "kept, the directive asks for it");
+            tracing::trace!(target: "chatty", "dropped");
+            tracing::info!(target: "opentelemetry_sdk", "dropped, the SDK is capped at warn");
+            tracing::warn!(target: "opentelemetry_sdk", "kept");
+        });
+        let module = module_path!();
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "span consume".to_owned(),
+                format!("WARN {module}"),
+                "DEBUG chatty".to_owned(),
+                "WARN opentelemetry_sdk".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn span_and_field_directives_fall_back_to_env_filters() {
+        assert!(callsite_filter::<Registry>("info").is_some());
+        assert!(callsite_filter::<Registry>("info,handoff_bus::consumer=trace").is_some());
+        assert!(callsite_filter::<Registry>("info,[consume{event_id=e-1}]=debug").is_none());
+        assert!(callsite_filter::<Registry>("info,[[").is_none());
+        assert!(callsite_filter::<Registry>("info,a=b=c").is_none());
+        // The fallback takes what the fast path cannot.
+        assert!(
+            event_filter(
+                &log_directive("info,[consume{event_id=e-1}]=debug"),
+                "info,[consume{event_id=e-1}]=debug"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

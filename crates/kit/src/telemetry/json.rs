@@ -7,17 +7,25 @@
 //! that opens `info_span!("ingest", event_id = %id)` gets `event_id` and `trace_id` on every line it
 //! logs, and a log query is a plain `event_id = "..."` filter.
 //!
+//! The trace ids are read from the innermost span's OpenTelemetry context through the subscriber
+//! ([`tracing_opentelemetry::get_otel_context`]), not from the thread's active context: services
+//! do not activate a context on every span entry (it costs on every poll of every message), so
+//! the formatter needs the subscriber it runs in, which [`JsonLines::dispatch_hook`] gives it.
+//!
 //! Span fields are taken from the `FormattedFields` the fmt layer stores on each span, written by
 //! [`SpanFields`]: a JSON object of the span's fields minus the OpenTelemetry attributes
 //! (`otel.*`, `messaging.*`, `http.*`), which belong to the trace and would otherwise be
 //! formatted for every span of every message, logged or not.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Dispatch, Event, Subscriber};
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -25,10 +33,47 @@ use tracing_subscriber::registry::LookupSpan;
 /// Keys written by the formatter itself; fields with these names are dropped, not duplicated.
 const RESERVED: [&str; 5] = ["timestamp", "level", "target", "message", "span"];
 
-/// [`FormatEvent`] implementation writing JSON lines (see the module docs).
+/// [`FormatEvent`] implementation writing JSON lines (see the module docs). Install its
+/// [`JsonLines::dispatch_hook`] in the same subscriber, or lines carry no `trace_id`.
 #[derive(Debug, Clone, Default)]
 pub struct JsonLines {
-    _private: (),
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl JsonLines {
+    /// A layer that tells this formatter which subscriber it runs in, so it can read the
+    /// OpenTelemetry context of the span an event is logged in.
+    pub fn dispatch_hook(&self) -> DispatchHook {
+        DispatchHook {
+            dispatch: Arc::clone(&self.dispatch),
+        }
+    }
+
+    /// The OpenTelemetry context of the innermost span in scope, if there is one.
+    fn otel_context<S>(
+        &self,
+        ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>,
+    ) -> Option<opentelemetry::Context>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let span = ctx.lookup_current()?;
+        let dispatch = self.dispatch.get()?.upgrade()?;
+        tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
+    }
+}
+
+/// See [`JsonLines::dispatch_hook`]: does nothing but remember the subscriber it is part of.
+#[derive(Debug, Clone)]
+pub struct DispatchHook {
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl<S: Subscriber> Layer<S> for DispatchHook {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        // Weak: the subscriber owns this layer, a strong reference would be a cycle.
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -69,7 +114,7 @@ where
         }
         fields.retain(|k, _| !k.starts_with("log.") && !RESERVED.contains(&k.as_str()));
 
-        let cx = opentelemetry::Context::current();
+        let cx = self.otel_context(ctx).unwrap_or_default();
         let otel_span = cx.span();
         let sc = otel_span.span_context();
         if sc.is_valid() {
@@ -294,6 +339,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use opentelemetry::trace::TracerProvider as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::layer::SubscriberExt;
 
@@ -332,15 +378,21 @@ mod tests {
     fn span_fields_and_trace_id_are_flattened() {
         let buf = Buf::default();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let format = JsonLines::default();
         let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_context_activation(false),
+            )
+            .with(format.dispatch_hook())
             .with(
                 tracing_subscriber::fmt::layer()
-                    .event_format(JsonLines::default())
+                    .event_format(format)
                     .fmt_fields(SpanFields::default())
                     .with_writer(buf.clone()),
             );
-        tracing::subscriber::with_default(subscriber, || {
+        let ids = tracing::subscriber::with_default(subscriber, || {
             tracing::info!(answer = 42, "outside");
             let outer = tracing::info_span!(
                 "request",
@@ -362,6 +414,9 @@ mod tests {
             let _i = inner.enter();
             inner.record("record_id", "crm-9");
             tracing::warn!(error = %"boom", http.status = 503, "Destination refused the upsert.");
+            let cx = inner.context();
+            let sc = cx.span().span_context().clone();
+            (sc.trace_id().to_string(), sc.span_id().to_string())
         });
         let lines = lines(&buf);
         assert_eq!(lines.len(), 2);
@@ -398,6 +453,11 @@ mod tests {
         let trace_id = second["trace_id"].as_str().unwrap();
         assert_eq!(trace_id.len(), 32);
         assert_ne!(trace_id, "00000000000000000000000000000000");
+        assert_eq!(
+            (trace_id, second["span_id"].as_str().unwrap()),
+            (ids.0.as_str(), ids.1.as_str()),
+            "the innermost span's ids, with no OpenTelemetry context active on the thread"
+        );
         assert_eq!(second["target"], module_path!());
     }
 }
