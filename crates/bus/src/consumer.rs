@@ -196,6 +196,17 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
 }
 
+/// Records who a message is about on the consumer span it is handled in, once the handler has
+/// decoded it, so every log line and the span itself carry the event's identity. Handlers need no
+/// span of their own for that: one span fewer per message is CPU saved on every hop. Does nothing
+/// outside a consumer span (a handler called directly, in a test).
+pub fn record_identity(event_id: &str, event_type: &str, publisher_id: &str) {
+    let span = tracing::Span::current();
+    span.record("event_id", event_id);
+    span.record("event_type", event_type);
+    span.record("publisher_id", publisher_id);
+}
+
 /// Consumes `topology.stage_queue(stage)` until `shutdown`, then drains.
 ///
 /// Each delivery gets a consumer span (`otel.kind = consumer`, `messaging.system =
@@ -396,6 +407,9 @@ async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message:
         messaging.message.id = delivery.message_id.as_deref().unwrap_or(""),
         messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
         handoff.attempt = delivery.attempt,
+        event_id = tracing::field::Empty,
+        event_type = tracing::field::Empty,
+        publisher_id = tracing::field::Empty,
     );
     let _ = span.set_parent(trace::extract(&delivery.headers));
     async move {

@@ -35,7 +35,7 @@ mod topology;
 pub mod trace;
 
 pub use bus::Bus;
-pub use consumer::{Delivery, Failure, Handler, Outcome};
+pub use consumer::{Delivery, Failure, Handler, Outcome, record_identity};
 pub use headers::{
     HEADER_ATTEMPT, HEADER_ATTEMPTS, HEADER_FIRST_FAILED_AT, HEADER_NOT_BEFORE,
     HEADER_ORIGIN_EXCHANGE, HEADER_ORIGIN_ROUTING_KEY,

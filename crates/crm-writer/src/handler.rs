@@ -13,7 +13,7 @@ use handoff_delivery::{EventIdentity, RestAdapter, WriteError, WriterStage, occu
 use handoff_events::EventType;
 use handoff_events::v1::envelope::Payload;
 use handoff_events::v1::{CanonicalPayload, Envelope, ErrorClass, Synced, SyncedRecord};
-use tracing::{Instrument as _, debug, field};
+use tracing::debug;
 
 use crate::hubspot::{HubSpot, Touched, WriteFacts};
 use crate::plan::{EventFacts, ObjectKind, Plan, plan, write_back_plan};
@@ -52,14 +52,8 @@ pub struct CrmHandler {
 
 impl Handler for CrmHandler {
     async fn handle(&self, delivery: &Delivery) -> Outcome {
-        let span = tracing::info_span!(
-            "crm.write",
-            otel.kind = "internal",
-            event_id = field::Empty,
-            event_type = field::Empty,
-            publisher_id = field::Empty,
-        );
-        self.process(delivery).instrument(span).await
+        // The event's identity goes on the bus's consumer span (`record_identity`).
+        self.process(delivery).await
     }
 }
 

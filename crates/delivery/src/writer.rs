@@ -134,10 +134,7 @@ impl WriterStage {
                     destination,
                     step: None,
                 };
-                let span = tracing::Span::current();
-                span.record("event_id", id.event_id.as_str());
-                span.record("event_type", id.event_type.as_str());
-                span.record("publisher_id", id.publisher_id.as_str());
+                handoff_bus::record_identity(&id.event_id, &id.event_type, &id.publisher_id);
                 Ok((envelope, id))
             }
             Err(err) => {

@@ -18,7 +18,7 @@ use handoff_events::EventType;
 use handoff_events::v1::envelope::Payload;
 use handoff_events::v1::{CanonicalPayload, Envelope, ErrorClass, Synced, SyncedRecord};
 use serde_json::json;
-use tracing::{Instrument as _, debug, field};
+use tracing::debug;
 
 use crate::mailchimp::{self, Applied, ApplyError, Mailchimp, WriteFacts};
 use crate::plan::{EventFacts, MemberPlan, PlanError, plan};
@@ -66,14 +66,8 @@ pub struct EmailHandler {
 
 impl Handler for EmailHandler {
     async fn handle(&self, delivery: &Delivery) -> Outcome {
-        let span = tracing::info_span!(
-            "email.write",
-            otel.kind = "internal",
-            event_id = field::Empty,
-            event_type = field::Empty,
-            publisher_id = field::Empty,
-        );
-        self.process(delivery).instrument(span).await
+        // The event's identity goes on the bus's consumer span (`record_identity`).
+        self.process(delivery).await
     }
 }
 

@@ -30,7 +30,7 @@ use handoff_events::{CURRENT_SCHEMA_VERSION, EventType, Message, PROTOBUF_CONTEN
 use handoff_idempotency::{Claim, DedupeConfig, IdempotencyKey, LedgerUpdate, Store};
 use handoff_normalize::{Normalizer, NoteKind, Rejection};
 use sha2::{Digest, Sha256};
-use tracing::{Instrument, debug, field, warn};
+use tracing::{debug, warn};
 
 use crate::metrics;
 
@@ -58,14 +58,8 @@ pub struct NormalizeHandler {
 
 impl Handler for NormalizeHandler {
     async fn handle(&self, delivery: &Delivery) -> Outcome {
-        let span = tracing::info_span!(
-            "normalize",
-            otel.kind = "internal",
-            event_id = field::Empty,
-            event_type = field::Empty,
-            publisher_id = field::Empty,
-        );
-        self.process(delivery).instrument(span).await
+        // The event's identity goes on the bus's consumer span (`record_identity`).
+        self.process(delivery).await
     }
 }
 
@@ -109,10 +103,7 @@ impl NormalizeHandler {
             }
         };
         let id = Identity::of(&envelope);
-        let span = tracing::Span::current();
-        span.record("event_id", id.event_id.as_str());
-        span.record("event_type", id.event_type.as_str());
-        span.record("publisher_id", id.publisher_id.as_str());
+        handoff_bus::record_identity(&id.event_id, &id.event_type, &id.publisher_id);
 
         let event_type: EventType = match envelope.event_type.parse() {
             Ok(t) => t,
