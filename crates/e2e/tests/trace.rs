@@ -413,6 +413,16 @@ impl Expected<'_> {
                 Some("process"),
                 "{tree}"
             );
+            // The handler names the event on the consume span (`bus::record_identity`).
+            assert_eq!(
+                consumer.attr("event_id"),
+                Some(EVENT_ID),
+                "{queue}: the event's identity on its consume span\n{tree}"
+            );
+            assert!(
+                consumer.attr("publisher_id").is_some_and(|p| !p.is_empty()),
+                "{queue}: the publisher on its consume span\n{tree}"
+            );
         }
         // No consumer span without its producer as parent (a lost context would start a new
         // trace, caught above; a wrong one would show here).
