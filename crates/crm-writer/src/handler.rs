@@ -125,7 +125,7 @@ impl CrmHandler {
             }
         }
         let mut ledger = stage
-            .ledger_update(&id, "delivered")
+            .ledger_update(&id, handoff_idempotency::DELIVERED)
             .with_detail("destination", id.destination)
             .with_detail("records", records_detail(&touched));
         if let Work::Plan(plan) = &work
@@ -191,7 +191,7 @@ impl CrmHandler {
             metrics::record(CRM_WRITER, t.key.kind.label(), t.disposition);
         }
         let ledger = stage
-            .ledger_update(&id, "delivered")
+            .ledger_update(&id, handoff_idempotency::DELIVERED)
             .with_detail("destination", id.destination)
             .with_detail("records", records_detail(&touched));
         debug!("Wrote the subscriber id back onto the CRM contact.");

@@ -388,7 +388,7 @@ impl WriterStage {
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default();
                 let update = self
-                    .ledger_update(id, "retrying")
+                    .ledger_update(id, handoff_idempotency::RETRYING)
                     .with_detail("destination", id.destination)
                     .with_detail("attempt", delivery.attempt)
                     .with_detail("next_try_at", next)

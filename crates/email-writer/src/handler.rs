@@ -128,7 +128,7 @@ impl EmailHandler {
             .and_then(handoff_events::primary_email)
             .map(str::to_owned);
         let mut ledger = stage
-            .ledger_update(&id, "delivered")
+            .ledger_update(&id, handoff_idempotency::DELIVERED)
             .with_detail("destination", id.destination);
         if let Some(email) = &email {
             ledger = ledger.with_email(email.clone());

@@ -32,6 +32,13 @@ pub(crate) const EMAIL: &str = "email";
 /// Prefix of the per-stage hash fields.
 pub(crate) const STAGE_PREFIX: &str = "stage:";
 
+/// A stage's status while it waits to try again. [`crate::Store::ledger_record`] never lets it
+/// replace [`DELIVERED`].
+pub const RETRYING: &str = "retrying";
+
+/// A stage's status once its side effect is done and recorded.
+pub const DELIVERED: &str = "delivered";
+
 /// How long a ledger is kept after its last update unless the caller says otherwise: long enough
 /// for a publisher or an SRE to ask what became of an event weeks later.
 pub const DEFAULT_LEDGER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -144,6 +151,13 @@ impl LedgerUpdate {
 
     /// The hash fields this update writes (everything but `first_seen_at`, which is set only once).
     pub(crate) fn fields(&self) -> Vec<(String, String)> {
+        let mut fields = self.event_fields();
+        fields.push(self.stage_field());
+        fields
+    }
+
+    /// The event's own fields this update carries (type, trace, email), without the stage's.
+    pub(crate) fn event_fields(&self) -> Vec<(String, String)> {
         let mut fields = Vec::with_capacity(4);
         if let Some(t) = &self.event_type {
             fields.push((EVENT_TYPE.to_owned(), t.clone()));
@@ -154,6 +168,11 @@ impl LedgerUpdate {
         if let Some(email) = self.indexed_email() {
             fields.push((EMAIL.to_owned(), email.to_owned()));
         }
+        fields
+    }
+
+    /// The stage's field: `stage:<stage>` and its status as JSON.
+    pub(crate) fn stage_field(&self) -> (String, String) {
         let stage = StageStatus {
             status: self.status.clone(),
             at: self.at.clone(),
@@ -161,8 +180,7 @@ impl LedgerUpdate {
         };
         // Serialising strings and a JSON map cannot fail.
         let json = serde_json::to_string(&stage).unwrap_or_default();
-        fields.push((format!("{STAGE_PREFIX}{}", self.stage), json));
-        fields
+        (format!("{STAGE_PREFIX}{}", self.stage), json)
     }
 }
 

@@ -29,7 +29,8 @@ mod store;
 pub use config::RedisConfig;
 pub use error::StoreError;
 pub use ledger::{
-    DEFAULT_LEDGER_TTL, LEDGER_EMAIL_INDEX_MAX, Ledger, LedgerUpdate, StageStatus, now_rfc3339,
+    DEFAULT_LEDGER_TTL, DELIVERED, LEDGER_EMAIL_INDEX_MAX, Ledger, LedgerUpdate, RETRYING,
+    StageStatus, now_rfc3339,
 };
 pub use policy::{DedupeConfig, LedgerConfig};
 #[doc(hidden)]

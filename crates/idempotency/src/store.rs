@@ -40,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::batch::{BatchCall, BatchResult, Batcher};
-use crate::ledger::{FIRST_SEEN_AT, LEDGER_EMAIL_INDEX_MAX, Ledger, LedgerUpdate};
+use crate::ledger::{
+    DELIVERED, FIRST_SEEN_AT, LEDGER_EMAIL_INDEX_MAX, Ledger, LedgerUpdate, RETRYING,
+};
 use crate::{Claim, ClaimToken, Completion, IdempotencyKey, RedisConfig, StoreError};
 
 const CLAIM_MANY_LUA: &str = include_str!("lua/claim_many.lua");
@@ -50,6 +52,13 @@ static COMPLETE_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(COMPLETE_M
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/release.lua")));
 static PRUNE_EMAIL_INDEX: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/prune_email_index.lua")));
+
+/// Writes a stage's field (`ARGV[1]`, `ARGV[2]`) unless it already holds `ARGV[3]` (the
+/// delivered status, as it appears in the field's JSON). Sent with `EVAL`: it only runs for
+/// retry notices, which are rare, and Redis caches the compiled script anyway.
+const RETRY_NOTICE_LUA: &str = "local current = redis.call('HGET', KEYS[1], ARGV[1]) \
+if current and string.find(current, ARGV[3], 1, true) then return 0 end \
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1";
 
 const STARTED: &str = "started:";
 const FINISHED: &str = "finished:";
@@ -507,16 +516,32 @@ impl Store {
     /// with an email, the event's email index entry too (see the `ledger` module).
     pub async fn ledger_record(&self, update: &LedgerUpdate) -> Result<(), StoreError> {
         let key = self.ledger_key(&update.publisher_id, &update.event_id);
-        let fields = update.fields();
         let ttl = millis(update.ttl);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset_nx(&key, FIRST_SEEN_AT, &update.at)
-            .ignore()
-            .hset_multiple(&key, &fields)
-            .ignore()
-            .pexpire(&key, ttl)
             .ignore();
+        let mut fields = update.event_fields();
+        let (stage_field, stage_json) = update.stage_field();
+        if update.status == RETRYING {
+            // A try that failed while Redis was away notes `retrying` once Redis is back, which
+            // can be after the completion (by its retry, or in the background) wrote
+            // `delivered`; the delivery must stay the last word.
+            pipe.cmd("EVAL")
+                .arg(RETRY_NOTICE_LUA)
+                .arg(1)
+                .arg(&key)
+                .arg(&stage_field)
+                .arg(&stage_json)
+                .arg(format!("\"status\":\"{DELIVERED}\""))
+                .ignore();
+        } else {
+            fields.push((stage_field, stage_json));
+        }
+        if !fields.is_empty() {
+            pipe.hset_multiple(&key, &fields).ignore();
+        }
+        pipe.pexpire(&key, ttl).ignore();
         if let Some(email) = update.indexed_email() {
             let index = self.ledger_email_key(&update.publisher_id, email);
             // NX: an event keeps the score it was first indexed with, whoever reports later.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use handoff_idempotency::{Claim, IdempotencyKey, LedgerUpdate, StageStatus};
+use handoff_idempotency::{Claim, DELIVERED, IdempotencyKey, LedgerUpdate, RETRYING, StageStatus};
 
 use crate::Fixture;
 
@@ -131,5 +131,77 @@ async fn a_corrupt_stage_field_is_reported() {
         matches!(err, handoff_idempotency::StoreError::Corrupt(_)),
         "{err}"
     );
+    fx.cleanup().await;
+}
+
+/// A try that failed while Redis was away notes `retrying` once Redis is back, which can be after
+/// the completion wrote `delivered` (the email-writer's Redis outage test caught it in CI): the
+/// delivery stays. A `retrying` after a dead letter (a replay) still replaces it.
+#[tokio::test]
+async fn a_late_retry_notice_never_replaces_a_delivery() {
+    let fx = Fixture::new().await;
+    let k = IdempotencyKey::new("email-writer", "pub-1", "ev-late");
+    let Claim::Acquired(token) = fx
+        .store
+        .claim(&k, "fp", Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("first claim acquires");
+    };
+    let delivered = LedgerUpdate::now("pub-1", "ev-late", "email-writer", DELIVERED)
+        .with_detail("subscriber_id", "m-1");
+    fx.store
+        .complete(
+            &k,
+            &token,
+            "fp",
+            Duration::from_secs(3600),
+            Some(&delivered),
+        )
+        .await
+        .unwrap();
+    let late = LedgerUpdate::now("pub-1", "ev-late", "email-writer", RETRYING)
+        .with_event_type("lead.created")
+        .with_detail("attempt", 3);
+    fx.store.ledger_record(&late).await.unwrap();
+    let ledger = fx
+        .store
+        .ledger_get("pub-1", "ev-late")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ledger.stages["email-writer"].status, DELIVERED);
+    assert_eq!(ledger.stages["email-writer"].detail["subscriber_id"], "m-1");
+    assert_eq!(
+        ledger.event_type.as_deref(),
+        Some("lead.created"),
+        "the notice's other fields are still written"
+    );
+
+    // Before any delivery, and after a dead letter, a retry notice is the news.
+    let first =
+        LedgerUpdate::now("pub-1", "ev-other", "email-writer", RETRYING).with_detail("attempt", 1);
+    fx.store.ledger_record(&first).await.unwrap();
+    let ledger = fx
+        .store
+        .ledger_get("pub-1", "ev-other")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ledger.stages["email-writer"].status, RETRYING);
+    let parked = LedgerUpdate::now("pub-1", "ev-other", "email-writer", "dead_lettered");
+    fx.store.ledger_record(&parked).await.unwrap();
+    let replayed =
+        LedgerUpdate::now("pub-1", "ev-other", "email-writer", RETRYING).with_detail("attempt", 1);
+    fx.store.ledger_record(&replayed).await.unwrap();
+    let ledger = fx
+        .store
+        .ledger_get("pub-1", "ev-other")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ledger.stages["email-writer"].status, RETRYING);
+
     fx.cleanup().await;
 }
