@@ -177,6 +177,19 @@ fn check_rate(name: &str, rate: f64) -> Result<(), String> {
 }
 
 impl FaultConfig {
+    /// Every request answered after `fixed` plus a uniform draw below `jitter`, and no other
+    /// fault: what tests use to keep work in flight or to shuffle the order answers come back in.
+    pub fn slow(fixed: Duration, jitter: Duration) -> FaultConfig {
+        FaultConfig {
+            latency: Some(Latency {
+                fixed,
+                jitter,
+                ..Latency::default()
+            }),
+            ..FaultConfig::default()
+        }
+    }
+
     /// Checks ranges serde cannot: probabilities, statuses, percentile order.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(e) = &self.errors {

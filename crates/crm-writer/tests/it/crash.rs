@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use handoff_events::v1::canonical_payload::Event;
 use handoff_events::v1::{Contact, LeadCreated, Meeting, MeetingBooked};
-use handoff_sandbox::faults::{FaultConfig, Latency};
+use handoff_sandbox::faults::FaultConfig;
 use handoff_sandbox::testing::TEST_TOKEN;
 
 use crate::helpers::{World, envelope};
@@ -77,14 +77,10 @@ async fn kill_9_mid_batch_then_restart_delivers_everything_once() {
     // The in-process writer is not part of this test: only the binary consumes.
     world.stop_writer().await;
     // Slow answers keep many events in flight when the kill comes.
-    world.sandbox.set_faults(FaultConfig {
-        latency: Some(Latency {
-            fixed: Duration::from_millis(60),
-            jitter: Duration::from_millis(60),
-            ..Latency::default()
-        }),
-        ..FaultConfig::default()
-    });
+    world.sandbox.set_faults(FaultConfig::slow(
+        Duration::from_millis(60),
+        Duration::from_millis(60),
+    ));
     let n = 400;
     for i in 0..n {
         // Leads create a contact; meetings also create a deal: two creates that must each

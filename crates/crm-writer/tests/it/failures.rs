@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use handoff_events::v1::canonical_payload::Event;
 use handoff_events::v1::{Contact, ContactUpdated, ErrorClass};
-use handoff_sandbox::faults::{
-    ErrorRate, FaultConfig, Latency, Outage, Storm, Timeout, TimeoutMode,
-};
+use handoff_sandbox::faults::{ErrorRate, FaultConfig, Outage, Storm, Timeout, TimeoutMode};
 use handoff_sandbox::hubspot::ObjectType;
 
 use crate::helpers::{World, envelope, record};
@@ -358,11 +356,7 @@ async fn an_older_update_admitted_first_never_lands_after_a_newer_one() {
     let world = World::start().await;
     world.sandbox.set_faults(FaultConfig {
         seed: Some(7),
-        latency: Some(Latency {
-            jitter: Duration::from_millis(150),
-            ..Latency::default()
-        }),
-        ..FaultConfig::default()
+        ..FaultConfig::slow(Duration::ZERO, Duration::from_millis(150))
     });
     let n = 20;
     for i in 0..n {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use handoff_events::v1::canonical_payload::Event;
 use handoff_events::v1::{Contact, Envelope, LeadCreated, Payment, PaymentFailed};
-use handoff_sandbox::faults::{FaultConfig, Latency};
+use handoff_sandbox::faults::FaultConfig;
 use handoff_sandbox::testing::TEST_MAILCHIMP_KEY;
 
 use crate::helpers::{TestWriter, World, envelope};
@@ -85,14 +85,7 @@ async fn assert_all_delivered_once(world: &World, events: &[Envelope], pairs: us
 
 fn slow_answers() -> FaultConfig {
     // Answers that take a while keep many requests in flight at once.
-    FaultConfig {
-        latency: Some(Latency {
-            fixed: Duration::from_millis(20),
-            jitter: Duration::from_millis(30),
-            ..Latency::default()
-        }),
-        ..FaultConfig::default()
-    }
+    FaultConfig::slow(Duration::from_millis(20), Duration::from_millis(30))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use handoff_events::v1::{
     Company, Contact, ContactUpdated, CustomerConverted, Envelope, ErrorClass, LeadCreated,
     Payment, PaymentFailed, Subscription,
 };
-use handoff_sandbox::faults::{ErrorRate, FaultConfig, Latency, Storm};
+use handoff_sandbox::faults::{ErrorRate, FaultConfig, Storm};
 
 use crate::helpers::{World, envelope, merge};
 
@@ -249,11 +249,7 @@ async fn an_older_update_admitted_first_never_lands_after_a_newer_one() {
     let world = World::start().await;
     world.sandbox.set_faults(FaultConfig {
         seed: Some(7),
-        latency: Some(Latency {
-            jitter: Duration::from_millis(150),
-            ..Latency::default()
-        }),
-        ..FaultConfig::default()
+        ..FaultConfig::slow(Duration::ZERO, Duration::from_millis(150))
     });
     let n = 20;
     for i in 0..n {

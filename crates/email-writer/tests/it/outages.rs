@@ -9,7 +9,7 @@ use handoff_bus::EMAIL_WRITER;
 use handoff_email_writer::Config;
 use handoff_events::v1::canonical_payload::Event;
 use handoff_events::v1::{Contact, Envelope, LeadCreated, Payment, PaymentFailed};
-use handoff_sandbox::faults::{FaultConfig, Latency};
+use handoff_sandbox::faults::FaultConfig;
 use handoff_test_support::{self as support, TcpProxy};
 
 use crate::helpers::{TestWriter, World, envelope, test_config};
@@ -64,19 +64,6 @@ fn events(prefix: &str) -> Vec<Envelope> {
         ));
     }
     out
-}
-
-/// Every request answered after `fixed` (plus up to `jitter`), so work is in flight whenever the
-/// test looks.
-fn slow(fixed: Duration, jitter: Duration) -> FaultConfig {
-    FaultConfig {
-        latency: Some(Latency {
-            fixed,
-            jitter,
-            ..Latency::default()
-        }),
-        ..FaultConfig::default()
-    }
 }
 
 /// The email-writer's ledger status of `event_id`, if it has one.
@@ -149,9 +136,10 @@ async fn sigterm_mid_flight_then_restart_delivers_everything_once() {
     let mut world = World::start_with(few_in_flight).await;
     // Every request takes 200 ms: a lead is two requests, a failed payment three, so each
     // handler the stop finds is part-way through its writes.
-    world
-        .sandbox
-        .set_faults(slow(Duration::from_millis(200), Duration::ZERO));
+    world.sandbox.set_faults(FaultConfig::slow(
+        Duration::from_millis(200),
+        Duration::ZERO,
+    ));
     let prefix = "term";
     let events = events(prefix);
     for e in &events {
@@ -233,9 +221,10 @@ async fn redis_down_and_back_delays_but_loses_and_duplicates_nothing() {
     })
     .await;
     world.writer.as_ref().expect("writer").wait_ready().await;
-    world
-        .sandbox
-        .set_faults(slow(Duration::from_millis(50), Duration::from_millis(50)));
+    world.sandbox.set_faults(FaultConfig::slow(
+        Duration::from_millis(50),
+        Duration::from_millis(50),
+    ));
     let prefix = "redis";
     let events = events(prefix);
     let (before, during) = events.split_at(events.len() / 2);
