@@ -18,9 +18,7 @@ async fn claim_then_in_flight_then_done() {
     let mut fx = Fixture::new().await;
     let k = key("ev-1");
 
-    let Claim::Acquired(token) = fx.store.claim(&k, "fp-a", LEASE).await.unwrap() else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, "fp-a", LEASE).await;
     let redis_key = format!("{}:idem:ingest:pub-1:ev-1", fx.ns);
     assert_eq!(
         fx.get(&redis_key).await.unwrap(),
@@ -59,9 +57,7 @@ async fn claim_then_in_flight_then_done() {
 async fn a_different_fingerprint_is_reported_not_matched() {
     let fx = Fixture::new().await;
     let k = key("ev-2");
-    let Claim::Acquired(token) = fx.store.claim(&k, "fp-a", LEASE).await.unwrap() else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, "fp-a", LEASE).await;
 
     let in_flight = fx.store.claim(&k, "fp-b", LEASE).await.unwrap();
     assert_eq!(
@@ -93,9 +89,7 @@ async fn fingerprints_may_contain_colons() {
     let fx = Fixture::new().await;
     let k = key("ev-colon");
     let fp = "sha256:abc:def";
-    let Claim::Acquired(token) = fx.store.claim(&k, fp, LEASE).await.unwrap() else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, fp, LEASE).await;
     assert_eq!(
         fx.store.claim(&k, fp, LEASE).await.unwrap(),
         Claim::InFlight {
@@ -112,9 +106,7 @@ async fn claim_and_complete_set_lease_and_retention_ttls() {
     let k = key("ev-ttl");
     let redis_key = fx.store.idempotency_key(&k);
 
-    let Claim::Acquired(token) = fx.store.claim(&k, "fp", LEASE).await.unwrap() else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, "fp", LEASE).await;
     let lease_left = fx.pttl(&redis_key).await;
     assert!(
         lease_left > 25_000 && lease_left <= 30_000,
@@ -138,14 +130,7 @@ async fn claim_and_complete_set_lease_and_retention_ttls() {
 async fn an_expired_lease_lets_a_new_claim_in_and_keeps_it() {
     let mut fx = Fixture::new().await;
     let k = key("ev-lease");
-    let Claim::Acquired(old) = fx
-        .store
-        .claim(&k, "fp", Duration::from_millis(150))
-        .await
-        .unwrap()
-    else {
-        panic!("first claim acquires");
-    };
+    let old = fx.acquire(&k, "fp", Duration::from_millis(150)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let Claim::Acquired(new) = fx.store.claim(&k, "fp", LEASE).await.unwrap() else {
@@ -191,14 +176,7 @@ async fn an_expired_lease_lets_a_new_claim_in_and_keeps_it() {
 async fn completing_after_the_lease_vanished_still_records_finished() {
     let mut fx = Fixture::new().await;
     let k = key("ev-late");
-    let Claim::Acquired(token) = fx
-        .store
-        .claim(&k, "fp", Duration::from_millis(100))
-        .await
-        .unwrap()
-    else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, "fp", Duration::from_millis(100)).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
 
     let outcome = fx
@@ -224,9 +202,7 @@ async fn completing_after_the_lease_vanished_still_records_finished() {
 async fn release_frees_the_key_at_once() {
     let mut fx = Fixture::new().await;
     let k = key("ev-release");
-    let Claim::Acquired(token) = fx.store.claim(&k, "fp", LEASE).await.unwrap() else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, "fp", LEASE).await;
     fx.store.release(&k, &token).await.unwrap();
     assert_eq!(fx.get(&fx.store.idempotency_key(&k)).await, None);
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use handoff_idempotency::{Claim, DELIVERED, IdempotencyKey, LedgerUpdate, RETRYING, StageStatus};
+use handoff_idempotency::{DELIVERED, IdempotencyKey, Ledger, LedgerUpdate, RETRYING, StageStatus};
 
 use crate::Fixture;
 
@@ -74,14 +74,7 @@ async fn stages_accumulate_and_first_seen_stays() {
 async fn complete_applies_the_ledger_update_in_the_same_call() {
     let mut fx = Fixture::new().await;
     let k = IdempotencyKey::new("ingest", "pub-1", "ev-9");
-    let Claim::Acquired(token) = fx
-        .store
-        .claim(&k, "fp", Duration::from_secs(30))
-        .await
-        .unwrap()
-    else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, "fp", Duration::from_secs(30)).await;
     let update = LedgerUpdate::now("pub-1", "ev-9", "ingest", "accepted")
         .with_event_type("meeting.booked")
         .with_trace_id("0af7651916cd43dd8448eb211c80319c")
@@ -141,14 +134,7 @@ async fn a_corrupt_stage_field_is_reported() {
 async fn a_late_retry_notice_never_replaces_a_delivery() {
     let fx = Fixture::new().await;
     let k = IdempotencyKey::new("email-writer", "pub-1", "ev-late");
-    let Claim::Acquired(token) = fx
-        .store
-        .claim(&k, "fp", Duration::from_secs(30))
-        .await
-        .unwrap()
-    else {
-        panic!("first claim acquires");
-    };
+    let token = fx.acquire(&k, "fp", Duration::from_secs(30)).await;
     let delivered = LedgerUpdate::now("pub-1", "ev-late", "email-writer", DELIVERED)
         .with_detail("subscriber_id", "m-1");
     fx.store
@@ -164,13 +150,7 @@ async fn a_late_retry_notice_never_replaces_a_delivery() {
     let late = LedgerUpdate::now("pub-1", "ev-late", "email-writer", RETRYING)
         .with_event_type("lead.created")
         .with_detail("attempt", 3);
-    fx.store.ledger_record(&late).await.unwrap();
-    let ledger = fx
-        .store
-        .ledger_get("pub-1", "ev-late")
-        .await
-        .unwrap()
-        .unwrap();
+    let ledger = record_and_read(&fx, &late).await;
     assert_eq!(ledger.stages["email-writer"].status, DELIVERED);
     assert_eq!(ledger.stages["email-writer"].detail["subscriber_id"], "m-1");
     assert_eq!(
@@ -182,26 +162,24 @@ async fn a_late_retry_notice_never_replaces_a_delivery() {
     // Before any delivery, and after a dead letter, a retry notice is the news.
     let first =
         LedgerUpdate::now("pub-1", "ev-other", "email-writer", RETRYING).with_detail("attempt", 1);
-    fx.store.ledger_record(&first).await.unwrap();
-    let ledger = fx
-        .store
-        .ledger_get("pub-1", "ev-other")
-        .await
-        .unwrap()
-        .unwrap();
+    let ledger = record_and_read(&fx, &first).await;
     assert_eq!(ledger.stages["email-writer"].status, RETRYING);
     let parked = LedgerUpdate::now("pub-1", "ev-other", "email-writer", "dead_lettered");
     fx.store.ledger_record(&parked).await.unwrap();
     let replayed =
         LedgerUpdate::now("pub-1", "ev-other", "email-writer", RETRYING).with_detail("attempt", 1);
-    fx.store.ledger_record(&replayed).await.unwrap();
-    let ledger = fx
-        .store
-        .ledger_get("pub-1", "ev-other")
-        .await
-        .unwrap()
-        .unwrap();
+    let ledger = record_and_read(&fx, &replayed).await;
     assert_eq!(ledger.stages["email-writer"].status, RETRYING);
 
     fx.cleanup().await;
+}
+
+/// Records `update`, then reads its event's ledger back.
+async fn record_and_read(fx: &Fixture, update: &LedgerUpdate) -> Ledger {
+    fx.store.ledger_record(update).await.unwrap();
+    fx.store
+        .ledger_get(&update.publisher_id, &update.event_id)
+        .await
+        .unwrap()
+        .expect("a ledger was just written")
 }

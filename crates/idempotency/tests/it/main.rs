@@ -10,7 +10,7 @@ mod outages;
 
 use std::time::Duration;
 
-use handoff_idempotency::{RedisConfig, Store};
+use handoff_idempotency::{Claim, ClaimToken, IdempotencyKey, RedisConfig, Store};
 use handoff_test_support as support;
 
 /// A store in a fresh namespace plus a raw connection for looking behind its back.
@@ -35,6 +35,24 @@ impl Fixture {
             .await
             .expect("the test Redis is up");
         Fixture { store, ns, raw }
+    }
+
+    /// Claims `key`, which must be free: the start of every test about what follows a claim.
+    pub async fn acquire(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> ClaimToken {
+        let Claim::Acquired(token) = self
+            .store
+            .claim(key, fingerprint, lease)
+            .await
+            .expect("the claim reaches Redis")
+        else {
+            panic!("first claim acquires");
+        };
+        token
     }
 
     /// Milliseconds to live of `key` (-2: missing, -1: no TTL).
