@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 
 /// The usage text printed by `--help` and after a bad flag.
 pub const USAGE: &str = "\
-usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size B]
+usage: handoff-bench [--only PARTS] [--events N] [--rounds R] [--concurrency C] [--batch-size B]
                      [--batch-concurrency K] [--warmup W] [--max-seconds S]
                      [--iterations I] [--quota-seconds Q] [--pacing-limit L]
                      [--pipeline-events P] [--pipeline-seconds T] [--no-email-writer]
@@ -48,6 +48,10 @@ usage: handoff-bench [--only PARTS] [--events N] [--concurrency C] [--batch-size
   --events N             events per scenario; for the relay, the normalizer and the
                          crm-writer, the backlog each drains (default 20000;
                          env HANDOFF_BENCH_EVENTS)
+  --rounds R             [4-5/10] runs R rounds of relay ceiling then normalizer, so a
+                         change in the machine's speed during the run hits both; the
+                         table shows the round with the median share (default 3;
+                         HANDOFF_BENCH_ROUNDS)
   --concurrency C        in-flight publishes / HTTP requests (default 64; HANDOFF_BENCH_CONCURRENCY)
   --batch-size B         events per batch request, 1..=500 (default 100; HANDOFF_BENCH_BATCH_SIZE)
   --batch-concurrency K  batch requests in flight (default max(C/16, 2); HANDOFF_BENCH_BATCH_CONCURRENCY)
@@ -159,6 +163,10 @@ impl Parts {
 pub struct Options {
     /// Events (messages) each scenario sends, unless `max_duration` runs out first.
     pub events: usize,
+    /// Rounds of relay ceiling then normalizer service in the normalizer part. One pair is at the
+    /// mercy of the machine's speed drifting between its two halves; the median of several
+    /// alternating pairs is not.
+    pub rounds: usize,
     /// In-flight publishes for the ceiling and concurrent HTTP clients for the single endpoint.
     pub concurrency: usize,
     /// Events per batch request.
@@ -219,6 +227,7 @@ impl Options {
     pub fn parse(args: impl IntoIterator<Item = String>) -> anyhow::Result<Option<Options>> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mut events = env("HANDOFF_BENCH_EVENTS");
+        let mut rounds = env("HANDOFF_BENCH_ROUNDS");
         let mut concurrency = env("HANDOFF_BENCH_CONCURRENCY");
         let mut batch_size = env("HANDOFF_BENCH_BATCH_SIZE");
         let mut batch_concurrency = env("HANDOFF_BENCH_BATCH_CONCURRENCY");
@@ -257,6 +266,7 @@ impl Options {
             }
             let slot = match flag.as_str() {
                 "--events" => &mut events,
+                "--rounds" => &mut rounds,
                 "--concurrency" => &mut concurrency,
                 "--batch-size" => &mut batch_size,
                 "--batch-concurrency" => &mut batch_concurrency,
@@ -289,6 +299,7 @@ impl Options {
         }
 
         let events = number("--events", events, 20_000)?;
+        let rounds = number("--rounds", rounds, 3)?;
         let concurrency = number("--concurrency", concurrency, 64)?;
         let batch_size = number("--batch-size", batch_size, 100)?;
         let batch_concurrency = number(
@@ -333,6 +344,7 @@ impl Options {
             Some(other) => bail!("--no-email-writer takes no value (or 1/0), not {other:?}"),
         };
         if events == 0
+            || rounds == 0
             || concurrency == 0
             || batch_concurrency == 0
             || max_seconds == 0
@@ -343,7 +355,7 @@ impl Options {
             || pipeline_seconds == 0
         {
             bail!(
-                "--events, --concurrency, --batch-concurrency, --max-seconds, --iterations, \
+                "--events, --rounds, --concurrency, --batch-concurrency, --max-seconds, --iterations, \
                  --quota-seconds, --pacing-limit, --pipeline-events and --pipeline-seconds \
                  must be positive"
             );
@@ -381,6 +393,7 @@ impl Options {
         };
         Ok(Some(Options {
             events,
+            rounds,
             concurrency,
             batch_size,
             batch_concurrency,
@@ -451,6 +464,8 @@ mod tests {
         assert_eq!(o.batch_concurrency, 2, "max(32/16, 2)");
         assert_eq!(o.ingest_bin, PathBuf::from("/x/handoff-ingest"));
         assert_eq!(o.only, Parts::ALL);
+        assert_eq!(o.rounds, 3);
+        assert_eq!(parse(&["--rounds=5"]).rounds, 5);
     }
 
     #[test]
@@ -540,6 +555,7 @@ mod tests {
         assert!(bad(&["--events", "many"]));
         assert!(bad(&["--batch-size", "501"]));
         assert!(bad(&["--concurrency", "0"]));
+        assert!(bad(&["--rounds", "0"]));
         assert!(bad(&["--frobnicate"]));
         assert!(bad(&["--only", "everything"]));
         assert!(bad(&["--only", ","]));
