@@ -14,7 +14,7 @@
 //!
 //! Span fields are taken from the `FormattedFields` the fmt layer stores on each span, written by
 //! [`SpanFields`]: a JSON object of the span's fields minus the OpenTelemetry attributes
-//! (`otel.*`, `messaging.*`, `http.*`), which belong to the trace and would otherwise be
+//! (`otel.*`, `messaging.*`, `http.*`, `db.*`), which belong to the trace and would otherwise be
 //! formatted for every span of every message, logged or not.
 
 use std::fmt;
@@ -165,7 +165,7 @@ fn push_pair(line: &mut String, key: &str, value: &Value) {
 
 /// Field name prefixes of OpenTelemetry span attributes: they describe the span to the tracing
 /// backend, and log lines get `trace_id` / `span_id` to find them there.
-const TRACE_ONLY_PREFIXES: [&str; 3] = ["otel.", "messaging.", "http."];
+const TRACE_ONLY_PREFIXES: [&str; 4] = ["otel.", "messaging.", "http.", "db."];
 
 /// The fmt layer's field formatter for spans: a JSON object of the fields a log line needs.
 ///
@@ -183,9 +183,11 @@ impl<'writer> FormatFields<'writer> for SpanFields {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut visitor = JsonVisitor::for_span();
-        fields.record(&mut visitor);
-        write_object(&mut writer, visitor)
+        let mut pairs = SpanPairs::default();
+        fields.record(&mut pairs);
+        writer.write_char('{')?;
+        writer.write_str(&pairs.into_text())?;
+        writer.write_char('}')
     }
 
     fn add_fields(
@@ -193,80 +195,116 @@ impl<'writer> FormatFields<'writer> for SpanFields {
         current: &'writer mut FormattedFields<Self>,
         fields: &tracing::span::Record<'_>,
     ) -> fmt::Result {
-        let mut visitor = JsonVisitor::for_span();
-        fields.record(&mut visitor);
-        if let Some(message) = visitor.message.take() {
-            visitor
-                .fields
-                .insert("message".to_owned(), Value::String(message));
-        }
-        if visitor.fields.is_empty() {
+        let mut pairs = SpanPairs::default();
+        fields.record(&mut pairs);
+        let added = pairs.into_text();
+        if added.is_empty() {
             return Ok(());
         }
-        let mut added = String::new();
-        for (key, value) in &visitor.fields {
-            added.push(',');
-            push_pair(&mut added, key, value);
-        }
         if current.fields.ends_with('}') && current.fields.len() > 2 {
-            // `{"a":1}` + `,"b":2` → `{"a":1,"b":2}`
+            // `{"a":1}` + `"b":2` → `{"a":1,"b":2}`
             current.fields.pop();
-            current.fields.push_str(&added);
-            current.fields.push('}');
+            current.fields.push(',');
         } else {
             // Empty (`{}` or nothing yet): start a fresh object.
             current.fields.clear();
             current.fields.push('{');
-            current.fields.push_str(&added[1..]);
-            current.fields.push('}');
         }
+        current.fields.push_str(&added);
+        current.fields.push('}');
         Ok(())
     }
 }
 
-fn write_object(writer: &mut Writer<'_>, mut visitor: JsonVisitor) -> fmt::Result {
-    if let Some(message) = visitor.message.take() {
-        visitor
-            .fields
-            .insert("message".to_owned(), Value::String(message));
-    }
-    let mut out = String::with_capacity(64);
-    out.push('{');
-    let mut first = true;
-    for (key, value) in &visitor.fields {
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        push_pair(&mut out, key, value);
-    }
-    out.push('}');
-    writer.write_str(&out)
+/// A span's fields as JSON text, `"key":value` pairs joined by commas, written straight from
+/// the values: no map of owned keys and values in between, since this runs for every span.
+/// Trace-only attributes are left out before their value is rendered.
+#[derive(Default)]
+struct SpanPairs {
+    text: Vec<u8>,
 }
 
-/// Collects an event's or a span's fields as JSON values, keeping `message` apart.
+impl SpanPairs {
+    /// Starts the pair of a field a log line wants; false for a trace-only one.
+    fn key(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if TRACE_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            return false;
+        }
+        if !self.text.is_empty() {
+            self.text.push(b',');
+        }
+        self.value(name);
+        self.text.push(b':');
+        true
+    }
+
+    fn value<T: serde::Serialize + ?Sized>(&mut self, value: &T) {
+        // Into a Vec, serialising a string, number or bool cannot fail.
+        if serde_json::to_writer(&mut self.text, value).is_err() {
+            self.text.extend_from_slice(b"null");
+        }
+    }
+
+    fn into_text(self) -> String {
+        // serde_json writes UTF-8 only.
+        String::from_utf8(self.text).unwrap_or_default()
+    }
+}
+
+impl Visit for SpanPairs {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.key(field) {
+            // Not finite → `null`, as serde_json writes it.
+            self.value(&value);
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.key(field) {
+            self.value(&value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.key(field) {
+            self.value(&value);
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.key(field) {
+            self.value(&value);
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.key(field) {
+            self.value(value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.key(field) {
+            self.value(&value.to_string());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.key(field) {
+            self.value(&format!("{value:?}"));
+        }
+    }
+}
+
+/// Collects an event's fields as JSON values, keeping `message` apart.
 #[derive(Default)]
 struct JsonVisitor {
     message: Option<String>,
     fields: Map<String, Value>,
-    /// For spans: leave out trace-only attributes (events keep every field they log).
-    spans_only: bool,
 }
 
 impl JsonVisitor {
-    /// Trace-only attributes are left out before their value is even rendered.
-    fn for_span() -> Self {
-        JsonVisitor {
-            spans_only: true,
-            ..JsonVisitor::default()
-        }
-    }
-
-    fn wants(&self, field: &Field) -> bool {
-        let name = field.name();
-        !(self.spans_only && TRACE_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)))
-    }
-
     fn put(&mut self, field: &Field, value: Value) {
         if field.name() == "message" {
             self.message = Some(match value {
@@ -281,9 +319,6 @@ impl JsonVisitor {
 
 impl Visit for JsonVisitor {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if !self.wants(field) {
-            return;
-        }
         self.put(
             field,
             serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
@@ -291,44 +326,26 @@ impl Visit for JsonVisitor {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if !self.wants(field) {
-            return;
-        }
         self.put(field, Value::from(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if !self.wants(field) {
-            return;
-        }
         self.put(field, Value::from(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if !self.wants(field) {
-            return;
-        }
         self.put(field, Value::Bool(value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if !self.wants(field) {
-            return;
-        }
         self.put(field, Value::String(value.to_owned()));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if !self.wants(field) {
-            return;
-        }
         self.put(field, Value::String(value.to_string()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if !self.wants(field) {
-            return;
-        }
         self.put(field, Value::String(format!("{value:?}")));
     }
 }
@@ -399,13 +416,27 @@ mod tests {
                 otel.name = "POST /v1/events",
                 otel.kind = "server",
                 messaging.system = "rabbitmq",
+                db.system.name = "redis",
                 event_id = "ev-1",
                 stage = "outer",
+                attempt = 2u64,
+                ratio = 0.5,
+                retried = true,
+                note = "say \"hi\"\nthen go",
+                kind = ?Some(3),
                 publisher_id = tracing::field::Empty,
             );
             outer.record("publisher_id", "acme");
             outer.record("otel.kind", "client");
             let _o = outer.enter();
+            // Only trace-only fields at first: what is recorded later starts the object.
+            let claim = tracing::info_span!(
+                "claim",
+                otel.kind = "client",
+                result = tracing::field::Empty
+            );
+            claim.record("result", "acquired");
+            let _c = claim.enter();
             let inner = tracing::info_span!(
                 "publish",
                 stage = "inner",
@@ -438,7 +469,18 @@ mod tests {
             second["publisher_id"], "acme",
             "recorded into a span with fields"
         );
-        for trace_only in ["otel.name", "otel.kind", "messaging.system"] {
+        assert_eq!(second["attempt"], 2);
+        assert_eq!(second["ratio"], 0.5);
+        assert_eq!(second["retried"], true);
+        assert_eq!(second["note"], "say \"hi\"\nthen go", "escaped as JSON");
+        assert_eq!(second["kind"], "Some(3)");
+        assert_eq!(second["result"], "acquired");
+        for trace_only in [
+            "otel.name",
+            "otel.kind",
+            "messaging.system",
+            "db.system.name",
+        ] {
             assert!(
                 second.get(trace_only).is_none(),
                 "{trace_only} is for the trace, not the log"
