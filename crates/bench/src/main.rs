@@ -821,8 +821,17 @@ fn print_report(
                 .iter()
                 .enumerate()
                 .map(|(i, (relay, service))| {
+                    let cpu_per_event = service
+                        .measured
+                        .cpu
+                        .service()
+                        .filter(|_| service.measured.events > 0)
+                        .map_or("?".to_owned(), |s| {
+                            format!("{:.3}", 1000.0 * s / service.measured.events as f64)
+                        });
                     format!(
-                        "{}: relay {} → normalizer {} msg/s = {:.0}%",
+                        "{}: relay {} → normalizer {} msg/s = {:.0}% ({cpu_per_event} ms of \
+                         normalizer CPU per event)",
                         i + 1,
                         thousands(relay.measured.events_per_second().round() as u64),
                         thousands(service.measured.events_per_second().round() as u64),
