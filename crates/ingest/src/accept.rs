@@ -118,6 +118,7 @@ impl Acceptor {
                 BusError::Unroutable(_) => {
                     ApiError::unavailable("the event route", self.retry_after)
                 }
+                BusError::ConfirmTimeout(waited) => ApiError::unconfirmed(waited, self.retry_after),
                 _ => ApiError::unavailable("the message broker", self.retry_after),
             });
         }

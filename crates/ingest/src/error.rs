@@ -197,6 +197,24 @@ impl ApiError {
         err
     }
 
+    /// 503: the broker did not confirm the event in time. Unlike [`ApiError::unavailable`] the
+    /// event may be stored after all, so the answer says so, and that sending it again with the
+    /// same `event_id` is safe: a second copy is recognised downstream and delivered once.
+    pub fn unconfirmed(waited: Duration, retry_after: Duration) -> Self {
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "the message broker did not confirm the event within {} s, so it may or may not \
+                 be stored; send it again with the same event_id after the Retry-After delay \
+                 (it will not be delivered twice)",
+                waited.as_secs_f64()
+            ),
+        );
+        err.retry_after = Some(retry_after);
+        err
+    }
+
     /// 504/503 when the whole request ran out of time.
     pub fn timeout() -> Self {
         let mut err = Self::new(

@@ -15,6 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -202,11 +204,14 @@ pub async fn cleanup_redis(prefix: &str) {
 /// simulate an outage without touching the shared server.
 ///
 /// While cut, live connections are closed and new ones are accepted and closed
-/// at once, which is what a client sees when a broker goes away.
+/// at once, which is what a client sees when a broker goes away. While stalled,
+/// connections stay open but every byte is held until [`TcpProxy::resume`]: a
+/// server that stops answering, which a client only notices by its own timeouts.
 pub struct TcpProxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
+    stalled: watch::Sender<bool>,
     stop: watch::Sender<bool>,
 }
 
@@ -219,7 +224,9 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy address");
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
+        let (stalled, _) = watch::channel(false);
         let (stop, mut stopped) = watch::channel(false);
+        let accept_stalled = stalled.clone();
         let accept_up = up.clone();
         let accept_generation = generation.clone();
         tokio::spawn(async move {
@@ -234,15 +241,17 @@ impl TcpProxy {
                     continue;
                 }
                 let mut cut = accept_generation.subscribe();
+                let (stalled_in, stalled_out) =
+                    (accept_stalled.subscribe(), accept_stalled.subscribe());
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
-                    let (mut ri, mut wi) = inbound.into_split();
-                    let (mut ro, mut wo) = outbound.into_split();
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        () = pump(ri, wo, stalled_in) => {}
+                        () = pump(ro, wi, stalled_out) => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -252,6 +261,7 @@ impl TcpProxy {
             addr,
             up,
             generation,
+            stalled,
             stop,
         }
     }
@@ -270,6 +280,33 @@ impl TcpProxy {
     /// Lets connections through again.
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds every byte, both ways, on live and new connections, closing nothing.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Delivers what was held and lets traffic flow again.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while the proxy is stalled.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stalled: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|stalled| !*stalled).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -36,6 +36,8 @@ pub fn seed_with_id(event_id: &str) -> String {
 pub struct Options {
     pub amqp_url: String,
     pub redis_url: String,
+    /// How long a publish waits for the broker's confirm.
+    pub publish_timeout: Duration,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
         Options {
             amqp_url: support::amqp_url(),
             redis_url: support::redis_url(),
+            publish_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -69,7 +72,7 @@ pub fn test_config(namespace: &str, opts: &Options) -> Config {
     };
     cfg.bus = BusConfig {
         url: opts.amqp_url.clone(),
-        publish_timeout: Duration::from_secs(5),
+        publish_timeout: opts.publish_timeout,
         reconnect_min_delay: Duration::from_millis(50),
         reconnect_max_delay: Duration::from_millis(500),
         ..BusConfig::default()
