@@ -127,8 +127,10 @@ fn through(proxy: &TcpProxy) -> String {
 }
 
 /// Posts one batch as a publisher following the API's contract does: an item refused with 503
-/// `unavailable` (the broker did not confirm it in time; nothing is stored) is sent again after
-/// its `retry_after_seconds`. Any other refusal fails the test. Returns how many were sent again.
+/// `unavailable` (the broker was away, or did not confirm in time, in which case the item may
+/// be stored already and the second copy is deduped downstream) is sent again, with the same
+/// `event_id`, after its `retry_after_seconds`. Any other refusal fails the test. Returns how
+/// many were sent again.
 async fn post_batch(world: &Pipeline, mut items: Vec<Value>) -> usize {
     const ROUNDS: usize = 5;
     let mut sent_again = 0;
