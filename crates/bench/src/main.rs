@@ -424,6 +424,18 @@ impl NormalizerPart {
     }
 }
 
+/// What a drain's rate line adds when its measured window closed before the backlog was through.
+fn window_note(drained_in_window: bool, opts: &Options) -> String {
+    if drained_in_window {
+        String::new()
+    } else {
+        format!(
+            " (the window closed after {} s before the backlog was through)",
+            opts.max_duration.as_secs()
+        )
+    }
+}
+
 /// The normalizer's events/s over its round's relay ceiling's.
 fn relay_share(relay: &Relay, service: &NormalizerRun) -> f64 {
     let ceiling = relay.measured.events_per_second();
@@ -475,14 +487,7 @@ async fn normalizer_part(
         println!(
             "      {} msg/s{}; outcomes: {}; {:.0}% of this round's relay ceiling",
             thousands(service.measured.events_per_second().round() as u64),
-            if service.drained_in_window {
-                String::new()
-            } else {
-                format!(
-                    " (the window closed after {} s before the backlog was through)",
-                    opts.max_duration.as_secs()
-                )
-            },
+            window_note(service.drained_in_window, opts),
             service.outcomes,
             100.0 * relay_share(&relay, &service),
         );
@@ -568,14 +573,7 @@ async fn delivery_part(
         "      {} events/s, {} requests/s{}; outcomes: {}",
         thousands(throughput.measured.events_per_second().round() as u64),
         thousands(throughput.requests_per_second().round() as u64),
-        if throughput.drained_in_window {
-            String::new()
-        } else {
-            format!(
-                " (the window closed after {} s before the backlog was through)",
-                opts.max_duration.as_secs()
-            )
-        },
+        window_note(throughput.drained_in_window, opts),
         throughput.outcomes,
     );
     println!("      check: {}", throughput.delivery_check);
@@ -823,12 +821,8 @@ fn print_report(
                 .map(|(i, (relay, service))| {
                     let cpu_per_event = service
                         .measured
-                        .cpu
-                        .service()
-                        .filter(|_| service.measured.events > 0)
-                        .map_or("?".to_owned(), |s| {
-                            format!("{:.3}", 1000.0 * s / service.measured.events as f64)
-                        });
+                        .service_cpu_per_1k()
+                        .map_or("?".to_owned(), |ms| format!("{ms:.3}"));
                     format!(
                         "{}: relay {} → normalizer {} msg/s = {:.0}% ({cpu_per_event} ms of \
                          normalizer CPU per event)",

@@ -60,6 +60,15 @@ impl Measured {
             0.0
         }
     }
+
+    /// CPU seconds the service under test used per 1,000 events (= ms per event), when it
+    /// was watched and handled any.
+    pub fn service_cpu_per_1k(&self) -> Option<f64> {
+        self.cpu
+            .service()
+            .filter(|_| self.events > 0)
+            .map(|s| s / (self.events as f64 / 1000.0))
+    }
 }
 
 /// How many failures a scenario keeps word for word.

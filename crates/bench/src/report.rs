@@ -106,10 +106,7 @@ pub fn tables(rows: &[Row<'_>], cores: usize) -> String {
         let m = row.measured;
         let cpu = &m.cpu;
         let wall = cpu.wall.as_secs_f64();
-        let per_1k = cpu
-            .service()
-            .filter(|_| m.events > 0)
-            .map(|s| s / (m.events as f64 / 1000.0));
+        let per_1k = m.service_cpu_per_1k();
         let all_per_1k = [cpu.service(), cpu.broker, cpu.redis, cpu.sandbox, cpu.bench]
             .iter()
             .flatten()
