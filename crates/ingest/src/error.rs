@@ -186,31 +186,32 @@ impl ApiError {
 
     /// 503: the broker or Redis is unavailable; nothing was stored.
     pub fn unavailable(what: &str, retry_after: Duration) -> Self {
-        let mut err = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+        Self::unavailable_because(
             format!(
                 "{what} is unavailable; the event was not stored, retry after the Retry-After delay"
             ),
-        );
-        err.retry_after = Some(retry_after);
-        err
+            retry_after,
+        )
     }
 
     /// 503: the broker did not confirm the event in time. Unlike [`ApiError::unavailable`] the
     /// event may be stored after all, so the answer says so, and that sending it again with the
     /// same `event_id` is safe: a second copy is recognised downstream and delivered once.
     pub fn unconfirmed(waited: Duration, retry_after: Duration) -> Self {
-        let mut err = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+        Self::unavailable_because(
             format!(
                 "the message broker did not confirm the event within {} s, so it may or may not \
                  be stored; send it again with the same event_id after the Retry-After delay \
                  (it will not be delivered twice)",
                 waited.as_secs_f64()
             ),
-        );
+            retry_after,
+        )
+    }
+
+    /// The one shape of every `unavailable` answer: 503, the message, and `Retry-After`.
+    fn unavailable_because(message: String, retry_after: Duration) -> Self {
+        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
         err.retry_after = Some(retry_after);
         err
     }
