@@ -1,5 +1,6 @@
 //! What the CRM refuses, limits or fails at, and what the writer makes of it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use handoff_events::v1::canonical_payload::Event;
@@ -254,43 +255,52 @@ async fn retries_spread_out_with_jitter_through_an_outage_and_nothing_is_lost() 
             .wait_ledger(&format!("out-{i}"), "delivered", Duration::from_secs(180))
             .await;
     }
-    let requests = world.sandbox.requests();
-    let failed: Vec<i128> = requests
-        .iter()
-        .filter(|r| r.fault.as_deref() == Some("outage"))
-        .map(|r| {
-            time::OffsetDateTime::parse(&r.at, &time::format_description::well_known::Rfc3339)
-                .expect("time")
-                .unix_timestamp_nanos()
-                / 1_000_000
-        })
-        .collect();
-    assert!(
-        failed.len() > n,
-        "every event failed at least once: {}",
-        failed.len()
+    // Each event's failed tries in order, by its trace (a retry keeps the message's trace).
+    let mut tries: BTreeMap<String, Vec<i128>> = BTreeMap::new();
+    for r in world.sandbox.requests() {
+        if r.fault.as_deref() != Some("outage") {
+            continue;
+        }
+        let trace_id = r
+            .traceparent
+            .as_deref()
+            .and_then(|tp| tp.split('-').nth(1))
+            .expect("every request carries its event's traceparent")
+            .to_owned();
+        let at = time::OffsetDateTime::parse(&r.at, &time::format_description::well_known::Rfc3339)
+            .expect("time")
+            .unix_timestamp_nanos()
+            / 1_000_000;
+        tries.entry(trace_id).or_default().push(at);
+    }
+    assert_eq!(
+        tries.len(),
+        n,
+        "every event failed at least once, one trace each"
     );
-    // Jitter: without it, the events that failed together would retry together, a wave of all n
-    // within a few milliseconds after each backoff step. With full jitter no 50 ms window after
-    // the first wave holds even half of them.
-    let mut retries = failed.clone();
-    retries.sort_unstable();
-    let retries = &retries[n..];
-    let busiest = retries
-        .iter()
-        .map(|start| {
-            retries
-                .iter()
-                .filter(|t| **t >= *start && **t < start + 50)
-                .count()
-        })
-        .max()
-        .unwrap_or(0);
-    assert!(
-        busiest < n / 2,
-        "retries come in waves: {busiest} of {} retries in one 50 ms window",
-        retries.len()
-    );
+    for times in tries.values_mut() {
+        times.sort_unstable();
+    }
+    // Jitter: the events failed together, so without it their k-th retries would come together
+    // too, within a few milliseconds of each other at every backoff step. With full jitter the
+    // k-th retry is the sum of k random waits, spread over seconds from the second step on. A
+    // stalled box can bunch the retries due during the stall, but not across whole seconds.
+    for k in 2..=4 {
+        let kth: Vec<i128> = tries
+            .values()
+            .filter_map(|times| times.get(k).copied())
+            .collect();
+        assert_eq!(
+            kth.len(),
+            n,
+            "every event retried at least {k} times in two minutes"
+        );
+        let spread = kth.iter().max().unwrap_or(&0) - kth.iter().min().unwrap_or(&0);
+        assert!(
+            spread >= 250,
+            "retry {k} of the {n} events came within {spread} ms of each other: a wave"
+        );
+    }
     let stats = world.sandbox.stats();
     assert_eq!(stats.creates.get("contacts").map(|k| k.len()), Some(n));
     assert!(
