@@ -304,9 +304,20 @@ impl Bus {
 
     /// Messages ready in `queue` (a passive declare); for tests and SRE tools.
     pub async fn message_count(&self, queue: &str) -> Result<u32, BusError> {
+        Ok(self.inspect_queue(queue).await?.message_count())
+    }
+
+    /// Consumers subscribed to `queue` (a passive declare): tests wait on it to know every
+    /// replica takes its share before they publish.
+    pub async fn consumer_count(&self, queue: &str) -> Result<u32, BusError> {
+        Ok(self.inspect_queue(queue).await?.consumer_count())
+    }
+
+    /// A passive declare of `queue` on a channel of its own: it only looks, and a missing
+    /// queue is an error (404), not created.
+    async fn inspect_queue(&self, queue: &str) -> Result<lapin::Queue, BusError> {
         let session = self.session().ok_or(BusError::Unavailable)?;
         let channel = session.conn.create_channel().await?;
-        // Passive: only look; a missing queue is an error (404), not created.
         let result = channel
             .queue_declare(
                 short(queue)?,
@@ -315,7 +326,7 @@ impl Bus {
             )
             .await;
         let _ = channel.close(200, "done".into()).await;
-        Ok(result?.message_count())
+        Ok(result?)
     }
 
     /// Takes one message off `queue` (basic.get, then ack); for tests and SRE tools.

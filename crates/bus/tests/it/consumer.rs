@@ -397,6 +397,8 @@ async fn shutdown_lets_in_flight_handlers_finish_and_ack() {
     })
     .await;
     assert_eq!(handler.finished.load(Ordering::SeqCst), 0);
+    let queue = topology.stage_queue("normalizer");
+    assert_eq!(test.bus.consumer_count(&queue).await.expect("count"), 1);
     test.shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(5), consumer)
         .await
@@ -404,6 +406,11 @@ async fn shutdown_lets_in_flight_handlers_finish_and_ack() {
         .expect("task")
         .expect("run returns Ok");
     assert_eq!(handler.finished.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        test.bus.consumer_count(&queue).await.expect("count"),
+        0,
+        "the subscription is cancelled at shutdown"
+    );
     // Nothing came back to the queue: all five were acked before the channel closed.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(

@@ -94,9 +94,7 @@ async fn a_burst_of_200_with_a_high_prefetch_stays_within_10_connections() {
     world.sandbox.set_faults(slow_answers());
     let events = burst("burst", 100);
     assert_eq!(events.len(), 200);
-    for e in &events {
-        world.publish(e).await;
-    }
+    world.publish_all(&events).await;
     assert_all_delivered_once(&world, &events, 100).await;
     let stats = world.sandbox.stats();
     let peak = world.sandbox.mailchimp_peak_connections()[TEST_MAILCHIMP_KEY];
@@ -116,18 +114,16 @@ async fn two_replicas_over_the_limit_wait_out_429s_and_lose_nothing() {
     let mut cfg = crate::helpers::test_config(&world.namespace, &world.sandbox.base_url);
     cfg.bus.prefetch = 300;
     let replica = TestWriter::start(cfg).await;
-    // Both consuming before the burst, so the broker splits it between them.
+    // Both subscribed before the burst, so the broker splits it between them.
     for writer in [world.writer.as_ref().expect("writer"), &replica] {
         writer.wait_ready().await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    world.wait_consumers(2).await;
     world.sandbox.set_faults(slow_answers());
     // Fewer events than the single writer's burst: every 429 pauses the key's shared pacer
     // for a second, so this run is slow by design.
     let events = burst("pair", 40);
-    for e in &events {
-        world.publish(e).await;
-    }
+    world.publish_all(&events).await;
     assert_all_delivered_once(&world, &events, 40).await;
     let stats = world.sandbox.stats();
     assert!(

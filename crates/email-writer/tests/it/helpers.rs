@@ -156,6 +156,13 @@ impl World {
             .await;
     }
 
+    /// Publishes `envelopes` at once, confirms awaited together: they reach the queue as
+    /// one burst, not paced by a confirm round trip each, which on a loaded machine is as
+    /// slow as the writer and never lets requests pile up.
+    pub async fn publish_all(&self, envelopes: &[Envelope]) {
+        futures::future::join_all(envelopes.iter().map(|e| self.publish(e))).await;
+    }
+
     /// Publishes an envelope under `routing_key`.
     pub async fn publish_to(&self, routing_key: &str, envelope: &Envelope) {
         self.inspector
@@ -208,6 +215,24 @@ impl World {
     pub async fn waiting(&self) -> usize {
         let queue = self.inspector.topology().stage_queue(EMAIL_WRITER);
         self.inspector.message_count(&queue).await.expect("count") as usize
+    }
+
+    /// Waits until `n` consumers are subscribed to the email-writer's queue: ready replicas
+    /// may still be subscribing, and a burst published before then goes to the first alone.
+    pub async fn wait_consumers(&self, n: u32) {
+        let queue = self.inspector.topology().stage_queue(EMAIL_WRITER);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let consumers = self.inspector.consumer_count(&queue).await.expect("count");
+            if consumers == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{consumers} consumers on {queue}, never {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the writer's queue is empty and the sandbox saw no request for 500 ms.
