@@ -10,8 +10,8 @@
 //! spread over as many confirm channels as ingest's bus opens by default.
 //! What is left out is exactly what ingest adds: HTTP, JSON checks, Redis.
 //!
-//! [`preload`], [`publish`] and [`confirm_channels`] serve the relay ceiling
-//! and the normalizer scenario too.
+//! [`publish_every`], [`publish`] and [`confirm_channels`] serve the relay and
+//! flow ceilings and the other scenarios too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,6 +98,25 @@ pub async fn in_namespace<L: Leftovers, T>(
     result
 }
 
+/// Waits until `bus` has declared the `scenario`'s topology, then opens the bench's own
+/// connection, on which the scenario's plain lapin work runs.
+pub async fn connect(bus: &Bus, scenario: &str) -> anyhow::Result<Connection> {
+    bus.wait_ready(Duration::from_secs(30))
+        .await
+        .with_context(|| format!("declaring the {scenario}'s topology on RabbitMQ"))?;
+    open_connection().await
+}
+
+/// A plain lapin connection to the broker the bench measures.
+pub async fn open_connection() -> anyhow::Result<Connection> {
+    Connection::connect(
+        &handoff_test_support::amqp_url(),
+        ConnectionProperties::default(),
+    )
+    .await
+    .context("connecting to RabbitMQ")
+}
+
 /// A bus declaring the v1 topology in a scenario's own `namespace`.
 fn scenario_bus(namespace: &str) -> (Bus, CancellationToken) {
     let stop = CancellationToken::new();
@@ -155,7 +174,7 @@ pub async fn preload_backlog(
     let input_bytes = messages.first().map_or(0, |(_, body)| body.len());
     let expected = messages.len() as u64;
     let started = Instant::now();
-    preload(
+    publish_every(
         channels,
         &Target {
             exchange: topology.events_exchange(),
@@ -186,21 +205,12 @@ async fn measure(
     bus: &Bus,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Ceiling> {
-    bus.wait_ready(Duration::from_secs(30))
-        .await
-        .context("declaring the ceiling's topology on RabbitMQ")?;
+    let connection = connect(bus, "ceiling").await?;
     let target = Target {
         exchange: bus.topology().events_exchange().to_string(),
         routing_key: payload::EVENT_TYPE.raw_routing_key(),
     };
     let queue = bus.topology().stage_queue("normalizer");
-
-    let connection = Connection::connect(
-        &handoff_test_support::amqp_url(),
-        ConnectionProperties::default(),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
     let channels = confirm_channels(&connection).await?;
     let channel_count = channels.len();
 
@@ -272,10 +282,11 @@ pub async fn confirm_channels(connection: &Connection) -> anyhow::Result<Vec<Cha
     Ok(channels)
 }
 
-/// Puts `messages` (event id, encoded envelope) into a queue before a scenario that drains
-/// it, the way the ceiling publishes (confirmed, `concurrency` in flight); not measured.
-/// Fails on the first refused publish: a scenario cannot start from a short backlog.
-pub async fn preload(
+/// Publishes every one of `messages` (event id, encoded envelope) the way the ceiling does
+/// (confirmed, `concurrency` in flight): a backlog put into a queue before a scenario drains
+/// it, or the flow ceiling's input. Fails on the first refused publish: a scenario cannot
+/// start from a short backlog, nor a flow be counted with events missing.
+pub async fn publish_every(
     channels: &[Channel],
     target: &Target,
     messages: Vec<(String, Vec<u8>)>,
@@ -293,7 +304,7 @@ pub async fn preload(
     }
     if let Some(first) = failures.messages.first() {
         bail!(
-            "{} preload publishes failed; the first: {first}",
+            "{} of the publishes failed; the first: {first}",
             failures.events
         );
     }

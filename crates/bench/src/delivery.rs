@@ -64,9 +64,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
-use handoff_bus::{Bus, BusConfig, CRM_WRITER, EMAIL_WRITER, Topology};
+use handoff_bus::{BusConfig, CRM_WRITER, EMAIL_WRITER, Topology};
 use handoff_idempotency::{RedisConfig, Store};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -278,7 +278,7 @@ pub async fn throughput(
     let result = ceiling::in_namespace(
         &format!("bench-{run_id}-delivery"),
         async |bus, processes: &mut Processes| {
-            let connection = connect(bus).await?;
+            let connection = ceiling::connect(bus, "crm-writer").await?;
             let topology = bus.topology();
             let result = drain(
                 opts,
@@ -309,7 +309,7 @@ pub async fn quota(
     ceiling::in_namespace(
         &format!("bench-{run_id}-quota"),
         async |bus, processes: &mut Processes| {
-            let connection = connect(bus).await?;
+            let connection = ceiling::connect(bus, "crm-writer").await?;
             let result = paced(
                 opts,
                 run_id,
@@ -324,19 +324,6 @@ pub async fn quota(
         },
     )
     .await
-}
-
-/// Waits for the scenario's topology, then opens the bench's own connection.
-async fn connect(bus: &Bus) -> anyhow::Result<Connection> {
-    bus.wait_ready(Duration::from_secs(30))
-        .await
-        .context("declaring the crm-writer's topology on RabbitMQ")?;
-    Connection::connect(
-        &handoff_test_support::amqp_url(),
-        ConnectionProperties::default(),
-    )
-    .await
-    .context("connecting to RabbitMQ")
 }
 
 async fn drain(
@@ -608,7 +595,7 @@ async fn preload_contacts(
         .collect();
     let input_bytes = messages.first().map_or(0, |(_, body)| body.len());
     let started = Instant::now();
-    ceiling::preload(
+    ceiling::publish_every(
         channels,
         &Target {
             exchange: topology.events_exchange(),

@@ -45,13 +45,19 @@
 //!
 //! Part `pipeline` (`--only pipeline`):
 //!
+//! - [8/10] **flow ceiling** ([`flow`]): plain lapin stand-ins for the
+//!   normalizer and both writers doing only the pipeline's broker work, four
+//!   confirmed publishes and five deliveries per event (raw, canonical to both
+//!   writers, the two `*.synced` reports), as the yardstick of what the broker
+//!   alone allows the pipeline's message flow here.
 //! - [8/10] **the whole pipeline** ([`pipeline`]): ingest, the normalizer, the
 //!   crm-writer and the email-writer, release binaries on one namespace,
 //!   writing to the sandbox (HubSpot without a quota, Mailchimp at its 10
 //!   connections per key); `lead.created` and `customer.converted` events
 //!   posted one per request. (a) Its peak, closed loop: events/s from the
 //!   first 202 to the last event done at both destinations, beside the relay
-//!   ceiling [4/10] (run for it when no other part did; aim ≥ 20%); (b) half
+//!   ceiling [4/10] (run for it when no other part did; aim ≥ 20%) and the flow
+//!   ceiling; (b) half
 //!   that rate, open loop for `--pipeline-seconds`: p50/p99 from the 202 to
 //!   both destinations done, read from each event's ledger (aim p99 < 250
 //!   ms); peak RSS of every service (aim < 64 MiB).
@@ -108,6 +114,7 @@ mod ceiling;
 mod cost;
 mod dead_letters;
 mod delivery;
+mod flow;
 mod ingest;
 mod load;
 mod measure;
@@ -602,6 +609,8 @@ struct PipelinePart {
     own_relay: Option<Relay>,
     /// Events/s of the relay ceiling the pipeline is compared to.
     ceiling: f64,
+    /// What the broker alone allows the pipeline's message flow.
+    flow: flow::Flow,
     run: Pipeline,
 }
 
@@ -629,6 +638,23 @@ async fn pipeline_part(
         .or(own_relay.as_ref())
         .map_or(0.0, |relay| relay.measured.events_per_second());
     println!(
+        "\n[8/10] flow ceiling: the pipeline's broker work alone, plain lapin: {} events, each \
+         {} confirmed publishes and {} deliveries (raw, canonical ×2, crm.contact.synced, \
+         email.subscriber.synced)…",
+        thousands(opts.pipeline_events as u64),
+        flow::PUBLISHES_PER_EVENT,
+        flow::DELIVERIES_PER_EVENT,
+    );
+    let flow = flow::run(opts, run_id, watched, interrupted).await?;
+    let (flow_check, problem) = flow.check();
+    println!(
+        "      {} events/s = {:.0}% of the relay ceiling; {flow_check}",
+        thousands(flow.measured.events_per_second().round() as u64),
+        share_percent(flow.measured.events_per_second(), ceiling),
+    );
+    check_failures("flow ceiling", &flow.measured, problems);
+    problems.extend(problem);
+    println!(
         "\n[8/10] the whole pipeline: ingest → normalizer → crm-writer{} → sandbox, release \
          binaries; lead.created and customer.converted in turn, each for a person of its own…",
         if opts.no_email_writer {
@@ -645,6 +671,7 @@ async fn pipeline_part(
     Ok(PipelinePart {
         own_relay,
         ceiling,
+        flow,
         run,
     })
 }
@@ -767,6 +794,14 @@ fn print_report(
                 estimated: None,
             });
         }
+        rows.push(Row {
+            scenario: "flow ceiling (lapin, the pipeline's messages)".to_owned(),
+            measured: &part.flow.measured,
+            ceiling,
+            target: None,
+            latency_of: "delivery→ack",
+            estimated: None,
+        });
         let without = if part.run.email_writer {
             ""
         } else {
@@ -956,11 +991,7 @@ fn print_pipeline(part: &PipelinePart) {
         peak.sending.as_secs_f64(),
         peak.measured.cpu.wall.as_secs_f64(),
         thousands(rate.round() as u64),
-        if part.ceiling > 0.0 {
-            100.0 * rate / part.ceiling
-        } else {
-            0.0
-        },
+        share_percent(rate, part.ceiling),
         thousands(part.ceiling.round() as u64),
         100.0 * pipeline::TARGET_SHARE,
         if part.ceiling > 0.0 && rate / part.ceiling >= pipeline::TARGET_SHARE {
@@ -968,6 +999,16 @@ fn print_pipeline(part: &PipelinePart) {
         } else {
             "NOT met"
         },
+    );
+    let flow_rate = part.flow.measured.events_per_second();
+    println!(
+        "  beside the flow ceiling (the same {} publishes and {} deliveries per event, plain lapin, \
+         nothing else): {} events/s = {:.0}% of the relay ceiling; the pipeline reaches {:.0}% of it",
+        flow::PUBLISHES_PER_EVENT,
+        flow::DELIVERIES_PER_EVENT,
+        thousands(flow_rate.round() as u64),
+        share_percent(flow_rate, part.ceiling),
+        share_percent(rate, flow_rate),
     );
     if let Some(half) = &run.half {
         println!(
@@ -1279,6 +1320,15 @@ async fn settled_count(bus: &Bus, queue: &str, expected: u64) -> anyhow::Result<
             return Ok(count);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `part` as a percentage of `whole`, 0 when there is no whole to compare with.
+fn share_percent(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use handoff_bus::{Bus, BusConfig, CRM_WRITER, NORMALIZER};
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::ceiling;
@@ -99,15 +99,7 @@ async fn scenario(
     service: &mut Option<Service>,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<NormalizerRun> {
-    bus.wait_ready(Duration::from_secs(30))
-        .await
-        .context("declaring the normalizer's topology on RabbitMQ")?;
-    let connection = Connection::connect(
-        &handoff_test_support::amqp_url(),
-        ConnectionProperties::default(),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
+    let connection = ceiling::connect(bus, "normalizer").await?;
     let result = drain(
         opts,
         run_id,

@@ -68,7 +68,7 @@ use handoff_bus::{
     Bus, BusConfig, CRM_WRITER, EMAIL_SUBSCRIBER_SYNCED, EMAIL_WRITER, NORMALIZER, Topology,
 };
 use handoff_idempotency::{Ledger, RedisConfig, Store};
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -299,15 +299,7 @@ async fn scenario(
     stack: &mut Stack,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Pipeline> {
-    bus.wait_ready(Duration::from_secs(30))
-        .await
-        .context("declaring the pipeline's topology on RabbitMQ")?;
-    let connection = Connection::connect(
-        &handoff_test_support::amqp_url(),
-        ConnectionProperties::default(),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
+    let connection = ceiling::connect(bus, "pipeline").await?;
     let result = pipeline(
         opts,
         run_id,

@@ -29,7 +29,7 @@ use handoff_bus::{Bus, BusConfig, NORMALIZER, Topology};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -75,16 +75,8 @@ async fn measure(
     bus: &Bus,
     interrupted: &CancellationToken,
 ) -> anyhow::Result<Relay> {
-    bus.wait_ready(Duration::from_secs(30))
-        .await
-        .context("declaring the relay's topology on RabbitMQ")?;
+    let connection = ceiling::connect(bus, "relay").await?;
     let topology = bus.topology().clone();
-    let connection = Connection::connect(
-        &handoff_test_support::amqp_url(),
-        ConnectionProperties::default(),
-    )
-    .await
-    .context("connecting to RabbitMQ")?;
     let result = drain(opts, run_id, watched, &topology, &connection, interrupted).await;
     let _ = connection.close(200, "bench done".into()).await;
     result
