@@ -430,7 +430,7 @@ async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message:
             Some(left) if left > hold_in_process && can_wait => {
                 debug!(?left, "Not due yet; sending it through another delay tier.");
                 let properties = delayed_copy(&raw, &delivery, Vec::new());
-                if send_delayed(&ctx, &raw, properties, left).await {
+                if Box::pin(send_delayed(&ctx, &raw, properties, left)).await {
                     "delay_hop"
                 } else {
                     "requeue"
@@ -442,14 +442,18 @@ async fn process<H: Handler>(ctx: TaskCtx, handler: Arc<H>, raw: lapin::message:
                     tokio::time::sleep(left).await;
                 }
                 debug!(redelivered = delivery.redelivered, "Handling a message.");
-                let outcome = AssertUnwindSafe(handler.handle(&delivery))
+                // Boxed, as are `settle`, `send_delayed` and `requeue`: a handler's future
+                // runs to kilobytes (8 KiB for the normalizer's: every await it makes is in
+                // it), and unboxed each would be part of this task's, which tokio copies whole
+                // when spawning it and again when it completes (10 KiB a message before).
+                let outcome = AssertUnwindSafe(Box::pin(handler.handle(&delivery)))
                     .catch_unwind()
                     .await;
                 match outcome {
-                    Ok(outcome) => settle(&ctx, &raw, &delivery, outcome).await,
+                    Ok(outcome) => Box::pin(settle(&ctx, &raw, &delivery, outcome)).await,
                     Err(_) => {
                         warn!("The handler panicked; requeueing the message.");
-                        requeue(&ctx, &raw).await;
+                        Box::pin(requeue(&ctx, &raw)).await;
                         "panic"
                     }
                 }
