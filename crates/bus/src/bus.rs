@@ -267,6 +267,7 @@ impl Bus {
             Err(BusError::Nacked) => "nacked",
             Err(BusError::Unroutable(_)) => "unroutable",
             Err(BusError::ConfirmTimeout(_)) => "timeout",
+            Err(BusError::Unconfirmed(_)) => "unconfirmed",
             Err(BusError::Amqp(_)) => "error",
         };
         metrics::counter!("handoff_bus_published_total", "outcome" => outcome).increment(1);

@@ -215,6 +215,10 @@ pub enum BusError {
     /// No confirm arrived in time; the message may or may not have been stored.
     #[error("the broker did not confirm within {0:?}")]
     ConfirmTimeout(Duration),
+    /// The message was sent, but the channel or connection failed before its confirm came:
+    /// as with a timeout, it may or may not have been stored.
+    #[error("the broker connection failed before the confirm: {0}")]
+    Unconfirmed(String),
     /// Any other AMQP or protocol failure.
     #[error("amqp: {0}")]
     Amqp(String),

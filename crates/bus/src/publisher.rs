@@ -160,9 +160,11 @@ impl ConfirmChannel {
             reply,
         });
         drop(guard);
-        outcome
-            .await
-            .unwrap_or_else(|_| Err(BusError::Amqp("publisher channel went away".into())))
+        outcome.await.unwrap_or_else(|_| {
+            Err(BusError::Unconfirmed(
+                "the publisher channel went away".into(),
+            ))
+        })
     }
 }
 
@@ -310,8 +312,9 @@ fn harvest(
 ) {
     let confirmation = match result {
         Ok(confirmation) => confirmation,
+        // Sent, but the channel or connection failed before the confirm.
         Err(err) => {
-            let _ = reply.send(Err(BusError::from(err)));
+            let _ = reply.send(Err(BusError::Unconfirmed(err.to_string())));
             return;
         }
     };

@@ -119,7 +119,19 @@ impl Acceptor {
                     ApiError::unavailable("the event route", self.retry_after)
                 }
                 BusError::ConfirmTimeout(waited) => ApiError::unconfirmed(waited, self.retry_after),
-                _ => ApiError::unavailable("the message broker", self.retry_after),
+                BusError::Unconfirmed(_) => ApiError::maybe_stored(
+                    "the connection to the message broker failed before it confirmed the event",
+                    self.retry_after,
+                ),
+                BusError::Nacked => ApiError::unavailable_because(
+                    "the message broker refused the event; it was not stored, retry after the \
+                     Retry-After delay"
+                        .to_owned(),
+                    self.retry_after,
+                ),
+                BusError::Unavailable | BusError::Amqp(_) => {
+                    ApiError::unavailable("the message broker", self.retry_after)
+                }
             });
         }
 

@@ -194,23 +194,33 @@ impl ApiError {
         )
     }
 
-    /// 503: the broker did not confirm the event in time. Unlike [`ApiError::unavailable`] the
-    /// event may be stored after all, so the answer says so, and that sending it again with the
-    /// same `event_id` is safe: a second copy is recognised downstream and delivered once.
+    /// 503: the broker did not confirm the event in time (see [`ApiError::maybe_stored`]).
     pub fn unconfirmed(waited: Duration, retry_after: Duration) -> Self {
-        Self::unavailable_because(
-            format!(
-                "the message broker did not confirm the event within {} s, so it may or may not \
-                 be stored; send it again with the same event_id after the Retry-After delay \
-                 (it will not be delivered twice)",
+        Self::maybe_stored(
+            &format!(
+                "the message broker did not confirm the event within {} s",
                 waited.as_secs_f64()
             ),
             retry_after,
         )
     }
 
+    /// 503: the event was sent to the broker but not confirmed, `what_happened`. Unlike
+    /// [`ApiError::unavailable`] it may be stored after all, so the answer says so, and that
+    /// sending it again with the same `event_id` is safe: a second copy is recognised
+    /// downstream and delivered once.
+    pub fn maybe_stored(what_happened: &str, retry_after: Duration) -> Self {
+        Self::unavailable_because(
+            format!(
+                "{what_happened}, so it may or may not be stored; send it again with the same \
+                 event_id after the Retry-After delay (it will not be delivered twice)"
+            ),
+            retry_after,
+        )
+    }
+
     /// The one shape of every `unavailable` answer: 503, the message, and `Retry-After`.
-    fn unavailable_because(message: String, retry_after: Duration) -> Self {
+    pub fn unavailable_because(message: String, retry_after: Duration) -> Self {
         let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
         err.retry_after = Some(retry_after);
         err

@@ -45,6 +45,7 @@ pub fn publish_failed(err: &BusError) {
         BusError::Nacked => "nacked",
         BusError::Unroutable(_) => "unroutable",
         BusError::ConfirmTimeout(_) => "timeout",
+        BusError::Unconfirmed(_) => "unconfirmed",
         _ => "error",
     };
     metrics::counter!("handoff_ingest_publish_failures_total", "reason" => reason).increment(1);

@@ -84,6 +84,55 @@ async fn a_cut_connection_comes_back_without_a_restart() {
     test.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_connection_dies_before_its_confirm_is_unconfirmed() {
+    let proxy = TcpProxy::start(amqp_addr()).await;
+    let cfg = BusConfig {
+        url: url_via(&handoff_test_support::amqp_url(), proxy.addr()),
+        publish_timeout: Duration::from_secs(20),
+        ..config()
+    };
+    let test = TestBus::start(v1_topology(), cfg).await;
+    test.bus
+        .publish(raw_event("before"))
+        .await
+        .expect("publish");
+
+    // The publish goes out, the broker's answer never comes back, then the connection dies:
+    // the message may be stored, so this is not `Unavailable` (which means it was not sent).
+    proxy.stall();
+    let bus = test.bus.clone();
+    let publish = tokio::spawn(async move { bus.publish(raw_event("in-flight")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!publish.is_finished(), "still waiting for its confirm");
+    proxy.cut();
+    let result = tokio::time::timeout(Duration::from_secs(10), publish)
+        .await
+        .expect("answered when the connection died, not at the publish timeout")
+        .expect("task");
+    assert!(
+        matches!(result, Err(BusError::Unconfirmed(_))),
+        "{result:?}"
+    );
+    // A publish with no connection at all was never sent: that one is `Unavailable`.
+    eventually("not ready", Duration::from_secs(5), || async {
+        (!test.bus.is_ready()).then_some(())
+    })
+    .await;
+    assert!(matches!(
+        test.bus.publish(raw_event("during")).await,
+        Err(BusError::Unavailable)
+    ));
+
+    proxy.resume();
+    proxy.restore();
+    test.bus
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .expect("ready again");
+    test.finish().await;
+}
+
 struct Count(AtomicU32);
 
 impl Handler for Count {

@@ -6,60 +6,84 @@ use handoff_test_support::{self as support, TcpProxy};
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn broker_outage_gives_503_and_not_ready_then_recovers_without_restart() {
+/// Ingest whose broker connection goes through a proxy the test controls.
+async fn ingest_behind_a_broker_proxy(publish_timeout: Option<Duration>) -> (TcpProxy, TestIngest) {
     let proxy = TcpProxy::start(support::amqp_addr()).await;
+    let defaults = Options::default();
     let opts = Options {
         amqp_url: support::url_via(&support::amqp_url(), proxy.addr()),
-        ..Options::default()
+        publish_timeout: publish_timeout.unwrap_or(defaults.publish_timeout),
+        ..defaults
     };
-    let app = spawn_ingest_with(opts, true).await;
+    (proxy, spawn_ingest_with(opts, true).await)
+}
 
-    proxy.cut();
-    app.wait_ready(false, Duration::from_secs(10)).await;
-    let (status, body, headers) = app.post("customer.converted", KEY, SEED).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"]["code"], "unavailable");
-    assert_eq!(
-        headers.get("retry-after").and_then(|v| v.to_str().ok()),
-        Some("2")
-    );
-
-    proxy.restore();
+/// Once ingest is ready again, the event sent again is accepted (its claim was released) and
+/// is the only copy in the raw queue; then ingest stops.
+async fn the_resend_is_the_one_copy(app: TestIngest) {
     app.wait_ready(true, Duration::from_secs(20)).await;
-    // The failed attempt left no dedupe record: the retry is accepted, not "duplicate".
     let (status, body, _) = app.post("customer.converted", KEY, SEED).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(app.raw_count().await, 1);
     app.stop().await;
 }
 
-/// A broker that stops answering without closing anything: the publish times out waiting for
-/// its confirm. The event may be stored after all, and the answer must not say it was not.
-#[tokio::test]
-async fn an_unconfirmed_publish_gives_503_saying_it_may_be_stored_and_a_resend_is_accepted() {
-    let proxy = TcpProxy::start(support::amqp_addr()).await;
-    let opts = Options {
-        amqp_url: support::url_via(&support::amqp_url(), proxy.addr()),
-        publish_timeout: Duration::from_secs(1),
-        ..Options::default()
-    };
-    let app = spawn_ingest_with(opts, true).await;
-
-    proxy.stall();
-    let (status, body, headers) = app.post("customer.converted", KEY, SEED).await;
+/// A 503 `unavailable` answer with `Retry-After: 2` whose message holds every one of `says`
+/// and returns the message.
+fn assert_unavailable(
+    status: u16,
+    body: &serde_json::Value,
+    headers: &reqwest::header::HeaderMap,
+    says: &[&str],
+) -> String {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "unavailable");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("did not confirm") && message.contains("may or may not be stored"),
-        "{message}"
-    );
-    assert!(!message.contains("not stored,"), "{message}");
+    for part in says {
+        assert!(message.contains(part), "{message:?} does not say {part:?}");
+    }
     assert_eq!(
         headers.get("retry-after").and_then(|v| v.to_str().ok()),
         Some("2")
     );
+    message.to_owned()
+}
+
+#[tokio::test]
+async fn broker_outage_gives_503_and_not_ready_then_recovers_without_restart() {
+    let (proxy, app) = ingest_behind_a_broker_proxy(None).await;
+
+    proxy.cut();
+    app.wait_ready(false, Duration::from_secs(10)).await;
+    let (status, body, headers) = app.post("customer.converted", KEY, SEED).await;
+    // Nothing was sent while the broker was gone, so the answer can say so.
+    assert_unavailable(
+        status,
+        &body,
+        &headers,
+        &["the message broker is unavailable; the event was not stored"],
+    );
+
+    proxy.restore();
+    // The failed attempt left no dedupe record: the retry is accepted, not "duplicate".
+    the_resend_is_the_one_copy(app).await;
+}
+
+/// A broker that stops answering without closing anything: the publish times out waiting for
+/// its confirm. The event may be stored after all, and the answer must not say it was not.
+#[tokio::test]
+async fn an_unconfirmed_publish_gives_503_saying_it_may_be_stored_and_a_resend_is_accepted() {
+    let (proxy, app) = ingest_behind_a_broker_proxy(Some(Duration::from_secs(1))).await;
+
+    proxy.stall();
+    let (status, body, headers) = app.post("customer.converted", KEY, SEED).await;
+    let message = assert_unavailable(
+        status,
+        &body,
+        &headers,
+        &["did not confirm", "may or may not be stored"],
+    );
+    assert!(!message.contains("not stored,"), "{message}");
 
     // What the broker was sent while stalled arrives now: the event was stored after all.
     proxy.resume();
@@ -84,6 +108,38 @@ async fn an_unconfirmed_publish_gives_503_saying_it_may_be_stored_and_a_resend_i
             .all(|d| d.message_id.as_deref() == Some("evt_2026_03_19_000123"))
     );
     app.stop().await;
+}
+
+/// The publish went out, then the connection died before the broker confirmed it: as with a
+/// timeout, the event may be stored, and the answer says so at once.
+#[tokio::test]
+async fn a_connection_lost_before_the_confirm_gives_503_saying_it_may_be_stored() {
+    let (proxy, app) = ingest_behind_a_broker_proxy(Some(Duration::from_secs(20))).await;
+
+    proxy.stall();
+    let ((status, body, headers), ()) =
+        tokio::join!(app.post("customer.converted", KEY, SEED), async {
+            // Long enough for the claim in Redis and the publish to go out, even on a busy box.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            proxy.cut();
+        });
+    let message = assert_unavailable(
+        status,
+        &body,
+        &headers,
+        &[
+            "connection to the message broker failed before it confirmed",
+            "may or may not be stored",
+            "same event_id",
+        ],
+    );
+    assert!(!message.contains("not stored,"), "{message}");
+
+    // The claim was released: the resend the answer asks for is accepted once the broker is
+    // back (the stalled bytes died with the connection, so this is the only copy).
+    proxy.resume();
+    proxy.restore();
+    the_resend_is_the_one_copy(app).await;
 }
 
 #[tokio::test]
