@@ -142,6 +142,62 @@ async fn a_connection_lost_before_the_confirm_gives_503_saying_it_may_be_stored(
     the_resend_is_the_one_copy(app).await;
 }
 
+/// The broker refuses the event (a nack): here a full queue with `reject-publish` bound
+/// beside the raw queue, as a full raw queue would. Nothing was stored, and the answer says so.
+#[tokio::test]
+async fn an_event_the_broker_refuses_gives_503_saying_it_was_not_stored() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let app = spawn_ingest().await;
+    let connection = lapin::Connection::connect(&support::amqp_url(), Default::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let full = format!("{}.full", app.namespace);
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".as_bytes().into()),
+    );
+    channel
+        .queue_declare(full.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .expect("declare the full queue");
+    channel
+        .queue_bind(
+            full.as_str().into(),
+            format!("{}.events", app.namespace).as_str().into(),
+            "raw.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind it");
+
+    // The first event fills it; the broker refuses the second.
+    let (status, body, _) = app.post("customer.converted", KEY, SEED).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body, headers) = app
+        .post("customer.converted", KEY, seed_with_id("evt_refused"))
+        .await;
+    let message = assert_unavailable(
+        status,
+        &body,
+        &headers,
+        &["the message broker refused the event; it was not stored"],
+    );
+    assert!(!message.contains("may or may not"), "{message}");
+
+    channel
+        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete the full queue");
+    let _ = connection.close(200, "done".into()).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn redis_outage_gives_503_then_recovers() {
     let proxy = TcpProxy::start(support::redis_addr()).await;
