@@ -123,12 +123,7 @@ impl Acceptor {
                     "the connection to the message broker failed before it confirmed the event",
                     self.retry_after,
                 ),
-                BusError::Nacked => ApiError::unavailable_because(
-                    "the message broker refused the event; it was not stored, retry after the \
-                     Retry-After delay"
-                        .to_owned(),
-                    self.retry_after,
-                ),
+                BusError::Nacked => ApiError::refused(self.retry_after),
                 BusError::Unavailable | BusError::Amqp(_) => {
                     ApiError::unavailable("the message broker", self.retry_after)
                 }

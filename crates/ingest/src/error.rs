@@ -219,8 +219,18 @@ impl ApiError {
         )
     }
 
+    /// 503: the broker refused the event (a nack, e.g. a full queue); nothing was stored.
+    pub fn refused(retry_after: Duration) -> Self {
+        Self::unavailable_because(
+            "the message broker refused the event; it was not stored, retry after the \
+             Retry-After delay"
+                .to_owned(),
+            retry_after,
+        )
+    }
+
     /// The one shape of every `unavailable` answer: 503, the message, and `Retry-After`.
-    pub fn unavailable_because(message: String, retry_after: Duration) -> Self {
+    fn unavailable_because(message: String, retry_after: Duration) -> Self {
         let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
         err.retry_after = Some(retry_after);
         err
