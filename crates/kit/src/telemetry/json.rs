@@ -225,18 +225,19 @@ struct SpanPairs {
 }
 
 impl SpanPairs {
-    /// Starts the pair of a field a log line wants; false for a trace-only one.
-    fn key(&mut self, field: &Field) -> bool {
-        let name = field.name();
-        if TRACE_ONLY_PREFIXES.iter().any(|p| name.starts_with(p)) {
-            return false;
+    /// Appends `"name":value` for a field a log line wants; nothing for a trace-only one, whose
+    /// value is then never rendered.
+    fn pair<T: serde::Serialize + ?Sized>(&mut self, field: &Field, value: &T) {
+        if !is_logged(field) {
+            return;
         }
+        let name = field.name();
         if !self.text.is_empty() {
             self.text.push(b',');
         }
         self.value(name);
         self.text.push(b':');
-        true
+        self.value(value);
     }
 
     fn value<T: serde::Serialize + ?Sized>(&mut self, value: &T) {
@@ -254,47 +255,45 @@ impl SpanPairs {
 
 impl Visit for SpanPairs {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if self.key(field) {
-            // Not finite → `null`, as serde_json writes it.
-            self.value(&value);
-        }
+        // Not finite → `null`, as serde_json writes it.
+        self.pair(field, &value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.key(field) {
-            self.value(&value);
-        }
+        self.pair(field, &value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.key(field) {
-            self.value(&value);
-        }
+        self.pair(field, &value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.key(field) {
-            self.value(&value);
-        }
+        self.pair(field, &value);
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.key(field) {
-            self.value(value);
-        }
+        self.pair(field, value);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        if self.key(field) {
-            self.value(&value.to_string());
+        if is_logged(field) {
+            self.pair(field, &value.to_string());
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.key(field) {
-            self.value(&format!("{value:?}"));
+        if is_logged(field) {
+            self.pair(field, &format!("{value:?}"));
         }
     }
+}
+
+/// Whether a span field goes into log lines (not a trace-only attribute); checked before a
+/// value is rendered to a string, so trace-only ones cost nothing.
+fn is_logged(field: &Field) -> bool {
+    !TRACE_ONLY_PREFIXES
+        .iter()
+        .any(|p| field.name().starts_with(p))
 }
 
 /// Collects an event's fields as JSON values, keeping `message` apart.
