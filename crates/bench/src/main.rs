@@ -445,12 +445,10 @@ fn window_note(drained_in_window: bool, opts: &Options) -> String {
 
 /// The normalizer's events/s over its round's relay ceiling's.
 fn relay_share(relay: &Relay, service: &NormalizerRun) -> f64 {
-    let ceiling = relay.measured.events_per_second();
-    if ceiling > 0.0 {
-        service.measured.events_per_second() / ceiling
-    } else {
-        0.0
-    }
+    share(
+        service.measured.events_per_second(),
+        relay.measured.events_per_second(),
+    )
 }
 
 /// The index of the round with the median share (the lower middle one of an even count).
@@ -477,11 +475,7 @@ async fn normalizer_part(
     let mut rounds = Vec::with_capacity(opts.rounds);
     for round in 1..=opts.rounds {
         if opts.rounds > 1 {
-            println!(
-                "
-[4-5/10] round {round} of {}",
-                opts.rounds
-            );
+            println!("\n[4-5/10] round {round} of {}", opts.rounds);
         }
         let relay = relay_part(opts, run_id, watched, interrupted, problems).await?;
 
@@ -650,7 +644,7 @@ async fn pipeline_part(
     println!(
         "      {} events/s = {:.0}% of the relay ceiling; {flow_check}",
         thousands(flow.measured.events_per_second().round() as u64),
-        share_percent(flow.measured.events_per_second(), ceiling),
+        100.0 * share(flow.measured.events_per_second(), ceiling),
     );
     check_failures("flow ceiling", &flow.measured, problems);
     problems.extend(problem);
@@ -991,10 +985,10 @@ fn print_pipeline(part: &PipelinePart) {
         peak.sending.as_secs_f64(),
         peak.measured.cpu.wall.as_secs_f64(),
         thousands(rate.round() as u64),
-        share_percent(rate, part.ceiling),
+        100.0 * share(rate, part.ceiling),
         thousands(part.ceiling.round() as u64),
         100.0 * pipeline::TARGET_SHARE,
-        if part.ceiling > 0.0 && rate / part.ceiling >= pipeline::TARGET_SHARE {
+        if share(rate, part.ceiling) >= pipeline::TARGET_SHARE {
             "met"
         } else {
             "NOT met"
@@ -1007,8 +1001,8 @@ fn print_pipeline(part: &PipelinePart) {
         flow::PUBLISHES_PER_EVENT,
         flow::DELIVERIES_PER_EVENT,
         thousands(flow_rate.round() as u64),
-        share_percent(flow_rate, part.ceiling),
-        share_percent(rate, flow_rate),
+        100.0 * share(flow_rate, part.ceiling),
+        100.0 * share(rate, flow_rate),
     );
     if let Some(half) = &run.half {
         println!(
@@ -1323,13 +1317,9 @@ async fn settled_count(bus: &Bus, queue: &str, expected: u64) -> anyhow::Result<
     }
 }
 
-/// `part` as a percentage of `whole`, 0 when there is no whole to compare with.
-fn share_percent(part: f64, whole: f64) -> f64 {
-    if whole > 0.0 {
-        100.0 * part / whole
-    } else {
-        0.0
-    }
+/// `part` as a fraction of `whole`, 0 when there is no whole to compare with.
+fn share(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
 }
 
 fn check_failures(scenario: &str, measured: &Measured, problems: &mut Vec<String>) {
