@@ -78,7 +78,7 @@ use crate::options::Options;
 use crate::payload;
 use crate::procs::{self, Watched};
 use crate::prometheus::{histogram, outcomes, quantile};
-use crate::queues::Counter;
+use crate::queues::{Counter, PollPace};
 use crate::report::thousands;
 use crate::service::{Service, free_port};
 
@@ -105,8 +105,6 @@ const FIRST_WRITE_WITHIN: Duration = Duration::from_secs(30);
 /// How long the rest of a backlog may take after the measured window ran out, before the
 /// delivery check (which needs every event through) is given up.
 const FINISH_WITHIN: Duration = Duration::from_secs(120);
-/// How often the reports queue is polled during the drain.
-const POLL_EVERY: Duration = Duration::from_millis(5);
 /// After the quota window closes, how long before the sandbox's log is read: a request is
 /// logged once it is answered, so one that arrived just inside the window needs a moment.
 const LOG_SETTLE: Duration = Duration::from_secs(1);
@@ -391,8 +389,9 @@ async fn drain(
     let window_end = window_start + opts.max_duration;
     let reported = |count: u32| u64::from(count).saturating_sub(expected);
     let mut delivered = reported(counter.count(&reports_queue).await?);
+    let pace = PollPace::new(delivered);
     while delivered < expected && Instant::now() < window_end {
-        tokio::time::sleep(POLL_EVERY).await;
+        tokio::time::sleep(pace.next(delivered, expected)).await;
         if interrupted.is_cancelled() {
             bail!("interrupted");
         }

@@ -7,8 +7,9 @@
 //! `content_sha256` = SHA-256 of the body, publisher `bench`) are put into
 //! `{ns}.normalizer` *before* the service starts (timed separately, not
 //! measured); then the service starts and the bench polls the crm-writer
-//! queue. The measured window runs from the first canonical message there
-//! to the N-th (or `--max-seconds`), so start-up is left out: msg/s is the
+//! queue, as seldom as [`PollPace`] allows. The measured window runs from the
+//! first canonical message there to the N-th (or `--max-seconds`), so
+//! start-up is left out: msg/s is the
 //! messages that arrived in the window over its length, and the CPU table
 //! brackets the same window.
 //!
@@ -37,7 +38,7 @@ use crate::measure::{Latencies, Measured};
 use crate::options::Options;
 use crate::procs::{self, Watched};
 use crate::prometheus::{histogram, outcomes, quantile, sample};
-use crate::queues::Counter;
+use crate::queues::{Counter, PollPace};
 use crate::report::thousands;
 use crate::service::{Service, free_port};
 
@@ -46,8 +47,6 @@ const FIRST_OUTPUT_WITHIN: Duration = Duration::from_secs(30);
 /// How long the rest of a backlog may take after the measured window ran out, before the
 /// queue check (which needs the whole backlog through) is given up.
 const FINISH_WITHIN: Duration = Duration::from_secs(120);
-/// How often the crm-writer queue is polled during the drain.
-const POLL_EVERY: Duration = Duration::from_millis(5);
 
 /// What the normalizer scenario found.
 pub struct NormalizerRun {
@@ -186,8 +185,9 @@ async fn drain(
     );
     let window_end = window_start + opts.max_duration;
     let mut last = first;
+    let pace = PollPace::new(u64::from(first));
     while u64::from(last) < expected && Instant::now() < window_end {
-        tokio::time::sleep(POLL_EVERY).await;
+        tokio::time::sleep(pace.next(u64::from(last), expected)).await;
         if interrupted.is_cancelled() {
             bail!("interrupted");
         }
