@@ -146,7 +146,7 @@ async fn a_connection_lost_before_the_confirm_gives_503_saying_it_may_be_stored(
 /// beside the raw queue, as a full raw queue would. Nothing was stored, and the answer says so.
 #[tokio::test]
 async fn an_event_the_broker_refuses_gives_503_saying_it_was_not_stored() {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable};
 
     let app = spawn_ingest().await;
@@ -161,8 +161,15 @@ async fn an_event_the_broker_refuses_gives_503_saying_it_was_not_stored() {
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".as_bytes().into()),
     );
+    // Exclusive: the broker deletes it when this connection closes, at the latest when the test
+    // process exits, so a failing assertion cannot leave it behind. A classic queue nacks the publish that
+    // overflows it just as a quorum queue does.
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
     channel
-        .queue_declare(full.as_str().into(), QueueDeclareOptions::default(), args)
+        .queue_declare(full.as_str().into(), exclusive, args)
         .await
         .expect("declare the full queue");
     channel
@@ -190,10 +197,7 @@ async fn an_event_the_broker_refuses_gives_503_saying_it_was_not_stored() {
     );
     assert!(!message.contains("may or may not"), "{message}");
 
-    channel
-        .queue_delete(full.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete the full queue");
+    // Closing the connection deletes the exclusive queue.
     let _ = connection.close(200, "done".into()).await;
     app.stop().await;
 }
