@@ -2,10 +2,10 @@
 .DEFAULT_GOAL := help
 SHELL := bash
 
-.PHONY: help run test lint fmt services bench build
+.PHONY: help run test lint fmt services bench build check-deploy
 
 help: ## Show the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 services: ## Start RabbitMQ and Redis if they are down (installs them with apt as root)
 	@deploy/ensure-services.sh
@@ -16,8 +16,11 @@ build: ## Build every service (release)
 run: services ## Start everything locally, send a demo event, stay up until Ctrl-C
 	@deploy/run.sh
 
-test: services ## Lint, then the unit and integration suites against the real broker and Redis
+test: services ## Lint, the unit and integration suites against the real broker and Redis, then check-deploy
 	@deploy/test.sh
+
+check-deploy: services ## The Dockerfile and the Helm chart: lint, schema validation, and each rendered service started as rendered (part of make test)
+	@deploy/check-deploy.sh
 
 lint: ## rustfmt check and clippy with warnings as errors
 	cargo fmt --all --check

@@ -4,27 +4,13 @@
 # root, otherwise says exactly what to install. Used by `make run` and `make test`.
 set -euo pipefail
 
-log() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=deploy/apt.sh
+source "$(dirname "$0")/apt.sh"
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() { # port seconds
   local i
   for ((i = 0; i < $2 * 4; i++)); do port_open "$1" && return 0; sleep 0.25; done
   return 1
-}
-
-apt_updated=0
-apt_install() {
-  if [[ $(id -u) -ne 0 ]]; then
-    log "$1 is not installed. Install it with: sudo apt-get install -y $1"
-    exit 1
-  fi
-  if [[ $apt_updated -eq 0 ]]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_updated=1
-  fi
-  log "Installing $1 with apt"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
 }
 
 ensure_redis() {

@@ -1,0 +1,68 @@
+{{/* The release's full name, the prefix of every object. */}}
+{{- define "handoff.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels every object carries. */}}
+{{- define "handoff.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/part-of: handoff
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* The selector of one service's pods; call with (dict "root" $ "name" "ingest"). */}}
+{{- define "handoff.selector" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{- define "handoff.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "handoff.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "handoff.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/*
+What the chart knows of each service, keyed as under .Values.services: its name, its command,
+whether it serves an HTTP API (then on 8080), and the variables it takes from the Secret (variable
+name: key under .Values.secret.keys). Every service has its admin server (/healthz, /readyz,
+/metrics) on 9090.
+*/}}
+{{- define "handoff.catalog" -}}
+ingest:
+  name: ingest
+  command: [handoff-ingest]
+  http: true
+normalizer:
+  name: normalizer
+  command: [handoff-normalizer]
+  http: false
+crmWriter:
+  name: crm-writer
+  command: [handoff-crm-writer]
+  http: false
+  secretEnv:
+    HUBSPOT_ACCESS_TOKEN: hubspotToken
+emailWriter:
+  name: email-writer
+  command: [handoff-email-writer]
+  http: false
+  secretEnv:
+    MAILCHIMP_API_KEY: mailchimpApiKey
+deadLetters:
+  name: dead-letters
+  command: [handoff-dlq, serve]
+  http: true
+{{- end -}}
