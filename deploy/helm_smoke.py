@@ -9,8 +9,10 @@ nothing is shared with other users of the local Redis), and the dead-letter hand
 requirement (the local Redis keeps nothing on disk). RabbitMQ is reached in a vhost made for the
 run and deleted afterwards, with everything the services declared in it.
 
-Passes when every service answers its rendered readiness probe within STARTUP, then exits 0 on
-SIGTERM within the rendered terminationGracePeriodSeconds.
+Passes when every service answers its rendered readiness probe within STARTUP, every KEDA
+ScaledObject watches a queue its Deployment really consumes (named from the rendered namespace,
+found declared in the vhost once the services are up) with the broker URL the services use, and
+every service then exits 0 on SIGTERM within the rendered terminationGracePeriodSeconds.
 """
 
 import os
@@ -74,6 +76,7 @@ def main(rendered_path):
         "redis-url": "redis://127.0.0.1:6379/",
         "hubspot-token": "pat-helm-smoke",
         "mailchimp-api-key": "helmsmoke-us21",
+        "dead-letters-redis-url": "redis://127.0.0.1:6379/",
     }
     work = tempfile.mkdtemp(prefix="helm-smoke-")
     run("rabbitmqctl", "-q", "add_vhost", vhost)
@@ -84,6 +87,7 @@ def main(rendered_path):
             started.append(start(deployment, config_maps, secrets, namespace, work))
         for svc in started:
             wait_ready(svc)
+        check_queue_scalers(docs, deployments, vhost, namespace)
         for svc in started:
             svc["process"].send_signal(signal.SIGTERM)
         for svc in started:
@@ -106,6 +110,40 @@ def main(rendered_path):
         for i in range(0, len(keys), 500):
             subprocess.run(["redis-cli", "del", *keys[i : i + 500]], stdout=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def check_queue_scalers(docs, deployments, vhost, namespace):
+    """Each ScaledObject's rabbitmq trigger names the queue its target consumes, and reads the
+    broker's URL from the Secret key the services read it from."""
+    by_name = {d["metadata"]["name"]: d for d in deployments}
+    auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    declared = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "--no-table-headers"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for scaled in (d for d in docs if d["kind"] == "ScaledObject"):
+        target = by_name.get(scaled["spec"]["scaleTargetRef"]["name"])
+        if target is None:
+            fail(f"ScaledObject {scaled['metadata']['name']} targets no rendered Deployment")
+        (container,) = target["spec"]["template"]["spec"]["containers"]
+        env = {v["name"]: v for v in container["env"]}
+        rendered_namespace = env["HANDOFF_NAMESPACE"]["value"]
+        for trigger in scaled["spec"]["triggers"]:
+            queue = trigger["metadata"]["queueName"]
+            prefix = rendered_namespace + "."
+            if not queue.startswith(prefix):
+                fail(f"{container['name']}'s scaler watches {queue}, outside namespace {rendered_namespace}")
+            local = namespace + "." + queue[len(prefix) :]
+            if local not in declared:
+                fail(f"{container['name']}'s scaler watches {queue}, but the service declared no {local}")
+            auth = auths.get(trigger["authenticationRef"]["name"])
+            if auth is None:
+                fail(f"{container['name']}'s scaler authenticates with a TriggerAuthentication not rendered")
+            (ref,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "host"]
+            bus = env["HANDOFF_BUS__URL"]["valueFrom"]["secretKeyRef"]
+            if (ref["name"], ref["key"]) != (bus["name"], bus["key"]):
+                fail(f"{container['name']}'s scaler reads {ref}, the service {bus}")
+            print(f"    {container['name']}: its scaler watches {queue}, which it consumes")
 
 
 def start(deployment, config_maps, secrets, namespace, work):

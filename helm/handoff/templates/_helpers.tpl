@@ -36,9 +36,10 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 
 {{/*
 What the chart knows of each service, keyed as under .Values.services: its name, its command,
-whether it serves an HTTP API (then on 8080), and the variables it takes from the Secret (variable
-name: key under .Values.secret.keys). Every service has its admin server (/healthz, /readyz,
-/metrics) on 9090.
+whether it serves an HTTP API (then on 8080), the variables it takes from the Secret (variable
+name: key under .Values.secret.keys), and the queue it consumes ({pipelineNamespace}.{queue}), which
+queue-depth autoscaling watches. Every service has its admin server (/healthz, /readyz, /metrics)
+on 9090.
 */}}
 {{- define "handoff.catalog" -}}
 ingest:
@@ -49,20 +50,31 @@ normalizer:
   name: normalizer
   command: [handoff-normalizer]
   http: false
+  queue: normalizer
 crmWriter:
   name: crm-writer
   command: [handoff-crm-writer]
   http: false
+  queue: crm-writer
   secretEnv:
     HUBSPOT_ACCESS_TOKEN: hubspotToken
 emailWriter:
   name: email-writer
   command: [handoff-email-writer]
   http: false
+  queue: email-writer
   secretEnv:
     MAILCHIMP_API_KEY: mailchimpApiKey
 deadLetters:
   name: dead-letters
   command: [handoff-dlq, serve]
   http: true
+  queue: dead-letters
+{{- end -}}
+
+{{/* Whether a service scales on its queue's depth (KEDA) rather than on CPU. */}}
+{{- define "handoff.scalesOnQueue" -}}
+{{- if and .values.enabled .values.autoscaling.enabled .svc.queue (gt (int (default 0 .values.autoscaling.queueLength)) 0) -}}
+true
+{{- end -}}
 {{- end -}}
