@@ -263,12 +263,7 @@ impl Bus {
             .await;
         let outcome = match &result {
             Ok(()) => "ok",
-            Err(BusError::Unavailable) => "unavailable",
-            Err(BusError::Nacked) => "nacked",
-            Err(BusError::Unroutable(_)) => "unroutable",
-            Err(BusError::ConfirmTimeout(_)) => "timeout",
-            Err(BusError::Unconfirmed(_)) => "unconfirmed",
-            Err(BusError::Amqp(_)) => "error",
+            Err(err) => err.label(),
         };
         metrics::counter!("handoff_bus_published_total", "outcome" => outcome).increment(1);
         metrics::histogram!("handoff_bus_publish_seconds").record(started.elapsed().as_secs_f64());

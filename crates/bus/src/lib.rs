@@ -224,6 +224,21 @@ pub enum BusError {
     Amqp(String),
 }
 
+impl BusError {
+    /// A short, bounded metric label for the failure: `unavailable`, `nacked`, `unroutable`,
+    /// `timeout`, `unconfirmed` or `error`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            BusError::Unavailable => "unavailable",
+            BusError::Nacked => "nacked",
+            BusError::Unroutable(_) => "unroutable",
+            BusError::ConfirmTimeout(_) => "timeout",
+            BusError::Unconfirmed(_) => "unconfirmed",
+            BusError::Amqp(_) => "error",
+        }
+    }
+}
+
 impl From<lapin::Error> for BusError {
     fn from(err: lapin::Error) -> Self {
         BusError::Amqp(err.to_string())
@@ -233,6 +248,30 @@ impl From<lapin::Error> for BusError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_failure_has_its_own_metric_label() {
+        let labels = [
+            BusError::Unavailable,
+            BusError::Nacked,
+            BusError::Unroutable("raw.x".into()),
+            BusError::ConfirmTimeout(Duration::from_secs(1)),
+            BusError::Unconfirmed("gone".into()),
+            BusError::Amqp("oops".into()),
+        ]
+        .map(|err| err.label());
+        assert_eq!(
+            labels,
+            [
+                "unavailable",
+                "nacked",
+                "unroutable",
+                "timeout",
+                "unconfirmed",
+                "error"
+            ]
+        );
+    }
 
     #[test]
     fn defaults_are_valid_and_match_the_contract() {

@@ -40,13 +40,6 @@ pub fn rejected(err: &ApiError) {
 
 /// A publish to the broker failed.
 pub fn publish_failed(err: &BusError) {
-    let reason = match err {
-        BusError::Unavailable => "unavailable",
-        BusError::Nacked => "nacked",
-        BusError::Unroutable(_) => "unroutable",
-        BusError::ConfirmTimeout(_) => "timeout",
-        BusError::Unconfirmed(_) => "unconfirmed",
-        _ => "error",
-    };
-    metrics::counter!("handoff_ingest_publish_failures_total", "reason" => reason).increment(1);
+    metrics::counter!("handoff_ingest_publish_failures_total", "reason" => err.label())
+        .increment(1);
 }
