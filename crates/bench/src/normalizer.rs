@@ -9,9 +9,8 @@
 //! measured); then the service starts and the bench polls the crm-writer
 //! queue, as seldom as [`PollPace`] allows. The measured window runs from the
 //! first canonical message there to the N-th (or `--max-seconds`), so
-//! start-up is left out: msg/s is the
-//! messages that arrived in the window over its length, and the CPU table
-//! brackets the same window.
+//! start-up is left out: msg/s is the messages that arrived in the window
+//! over its length, and the CPU table brackets the same window.
 //!
 //! The bench cannot time one message through the service from outside (the
 //! backlog was there before it started), so the latency column is the

@@ -133,7 +133,7 @@ impl PollPace {
     /// The wait for `done` messages in `elapsed` with `left` to go.
     fn wait(done: u64, elapsed: Duration, left: u64) -> Duration {
         if done == 0 {
-            return Self::FINE.max(Self::COARSE.min(elapsed));
+            return elapsed.clamp(Self::FINE, Self::COARSE);
         }
         // Half the time left at the rate so far: each look halves the distance to the end.
         let half_left = elapsed.mul_f64(left as f64 / done as f64 / 2.0);
