@@ -16,6 +16,17 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* One service's objects' name; call with (dict "root" $ "name" "ingest"). */}}
+{{- define "handoff.serviceName" -}}
+{{- include "handoff.fullname" .root }}-{{ .name }}
+{{- end -}}
+
+{{/* The labels of one service's objects; call with (dict "root" $ "name" "ingest"). */}}
+{{- define "handoff.serviceLabels" -}}
+{{ include "handoff.labels" .root }}
+app.kubernetes.io/name: {{ .name }}
+{{- end -}}
+
 {{/* The selector of one service's pods; call with (dict "root" $ "name" "ingest"). */}}
 {{- define "handoff.selector" -}}
 app.kubernetes.io/name: {{ .name }}
